@@ -1,0 +1,113 @@
+//! Loading the embedded object, pinning its maps (adopting the ones a previous agent left),
+//! and attaching the socket programs to a cgroup through pinned links.
+//!
+//! A restart must not drop connection attempts, so a new agent never detaches before it has
+//! attached: it attaches its programs beside the old ones (multi-attach), pins the new links
+//! under a temporary name and renames them over the old pins, which releases the old links.
+//! While both are attached the old program sees an already-rewritten backend address and
+//! passes it through.
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink};
+use aya::{Ebpf, EbpfLoader};
+use lb_common::{map_names, program_names};
+use tracing::{info, warn};
+
+use super::{EBPF_OBJECT, maps::BpfMaps, pins::PinPaths, system};
+use crate::sync::Capacity;
+
+pub struct LoadOptions {
+    pub pins: PinPaths,
+    pub cgroup: PathBuf,
+    pub capacity: Capacity,
+}
+
+/// The loaded object; keep it alive for as long as the agent runs.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub maps: BpfMaps,
+}
+
+pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
+    let bpffs = opts
+        .pins
+        .root()
+        .parent()
+        .context("the pin directory needs a parent (the bpffs mount)")?;
+    system::ensure_bpffs(bpffs)?;
+    std::fs::create_dir_all(opts.pins.links_dir())
+        .with_context(|| format!("creating {}", opts.pins.links_dir().display()))?;
+
+    let mut loader = EbpfLoader::new();
+    for name in map_names::ALL {
+        loader.map_pin_path(name, opts.pins.map(name));
+    }
+    loader
+        .map_max_entries(map_names::SERVICES, opts.capacity.services)
+        .map_max_entries(map_names::BACKENDS, opts.capacity.backends)
+        .map_max_entries(map_names::REV_NAT, opts.capacity.rev_nat);
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object (is this kernel >= 5.18 with BTF, and are we root?)")?;
+
+    let maps = BpfMaps::from_ebpf(&mut ebpf)?;
+    let cgroup = File::open(&opts.cgroup)
+        .with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
+    for name in program_names::ALL {
+        attach_cgroup_program(&mut ebpf, name, &cgroup, &opts.pins)?;
+    }
+    info!(cgroup = %opts.cgroup.display(), pins = %opts.pins.root().display(), "programs attached");
+    Ok(Loaded { ebpf, maps })
+}
+
+fn attach_cgroup_program(
+    ebpf: &mut Ebpf,
+    name: &str,
+    cgroup: &File,
+    pins: &PinPaths,
+) -> Result<()> {
+    let prog: &mut CgroupSockAddr = ebpf
+        .program_mut(name)
+        .with_context(|| format!("the eBPF object has no program {name}"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a cgroup sock_addr program"))?;
+    prog.load()
+        .with_context(|| format!("loading {name} (the verifier said no)"))?;
+    let id = prog
+        .attach(cgroup, CgroupAttachMode::AllowMultiple)
+        .with_context(|| format!("attaching {name}"))?;
+    let link: FdLink = prog
+        .take_link(id)
+        .with_context(|| format!("taking the link of {name}"))?
+        .try_into()
+        .with_context(|| format!("{name}'s link is not an fd link (kernel < 5.7?)"))?;
+    let final_path = pins.link(name);
+    let tmp = final_path.with_extension("new");
+    if tmp.exists() {
+        warn!(path = %tmp.display(), "removing a half-made link pin from an interrupted start");
+        std::fs::remove_file(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    let pinned = link
+        .pin(&tmp)
+        .with_context(|| format!("pinning {name}'s link at {}", tmp.display()))?;
+    let replaced = final_path.exists();
+    std::fs::rename(&tmp, &final_path)
+        .with_context(|| format!("moving {} over {}", tmp.display(), final_path.display()))?;
+    drop(pinned);
+    info!(program = name, replaced_previous = replaced, "attached");
+    Ok(())
+}
+
+/// Removes every pin under the pin directory: the links (which detaches the programs, once
+/// no agent holds them) and the maps.
+pub fn cleanup(pins: &PinPaths) -> Result<bool> {
+    let root = pins.root();
+    if !root.exists() {
+        return Ok(false);
+    }
+    std::fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))?;
+    Ok(true)
+}

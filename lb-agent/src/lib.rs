@@ -1,0 +1,15 @@
+//! The lb agent as a library: the binary in `main.rs` is a thin CLI over these modules, and
+//! the tests drive them directly.
+//!
+//! Data flows one way: [`source`] (manifests or the API server) -> [`k8s`] (translation to the
+//! desired state) -> [`sync`] (ordered map writes) -> [`datapath`] (the BPF maps).
+
+pub mod app;
+pub mod datapath;
+pub mod health;
+pub mod inspect;
+pub mod k8s;
+pub mod metrics;
+pub mod probe;
+pub mod source;
+pub mod sync;

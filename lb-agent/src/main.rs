@@ -1,0 +1,202 @@
+//! lb-agent: the node agent of an eBPF socket-level load balancer for Kubernetes Services.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use lb_agent::datapath::{loader, maps::BpfMaps, pins::PinPaths, system};
+use lb_agent::sync::{Capacity, Datapath};
+use lb_agent::{app, inspect, probe};
+
+#[derive(Parser)]
+#[command(
+    name = "lb-agent",
+    version,
+    about = "eBPF socket-level load balancer for Kubernetes Services"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "LB_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct PinArgs {
+    /// Directory under the bpffs mount where maps and links are pinned.
+    #[arg(long, default_value = "lb", env = "LB_PIN_DIR")]
+    pin_dir: String,
+    /// Where bpffs is (or will be) mounted.
+    #[arg(long, default_value = system::BPFFS, hide = true)]
+    bpffs: PathBuf,
+}
+
+impl PinArgs {
+    fn paths(&self) -> PinPaths {
+        PinPaths::new(&self.bpffs, &self.pin_dir)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and attach the datapath and keep its maps in sync with the Services.
+    Run {
+        /// Read Services and EndpointSlices from the manifests in this directory (watched)
+        /// instead of the Kubernetes API.
+        #[arg(long, env = "LB_MANIFESTS")]
+        manifests: Option<PathBuf>,
+        /// Kubeconfig to use instead of the in-cluster configuration.
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        #[command(flatten)]
+        pins: PinArgs,
+        /// The cgroup v2 directory to attach to (default: the root of the cgroup2 mount).
+        #[arg(long, env = "LB_CGROUP")]
+        cgroup: Option<PathBuf>,
+        /// Address for /healthz, /readyz and /metrics.
+        #[arg(long, default_value = "127.0.0.1:9965", env = "LB_HEALTH_ADDR")]
+        health_addr: SocketAddr,
+        /// Entries of the service map (one per frontend plus one per backend of each).
+        #[arg(long, default_value_t = lb_common::capacity::SERVICES)]
+        services_map_size: u32,
+        /// Entries of the backend map.
+        #[arg(long, default_value_t = lb_common::capacity::BACKENDS)]
+        backends_map_size: u32,
+        /// Entries of the reverse-NAT map (one per frontend address and port).
+        #[arg(long, default_value_t = lb_common::capacity::REV_NAT)]
+        rev_nat_map_size: u32,
+    },
+    /// Print the frontends and backends in the pinned maps (works without a running agent).
+    Inspect {
+        #[command(flatten)]
+        pins: PinArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach the programs and remove everything the agent pinned.
+    Cleanup {
+        #[command(flatten)]
+        pins: PinArgs,
+    },
+    /// Connect to an address repeatedly and report how the replies were spread.
+    Probe {
+        /// Address to connect to, e.g. 10.96.0.10:80.
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+        #[arg(long, value_enum, default_value = "tcp")]
+        proto: probe::ProbeProto,
+        /// Per-attempt timeout in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+        /// Pause between attempts in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Run {
+            manifests,
+            kubeconfig,
+            pins,
+            cgroup,
+            health_addr,
+            services_map_size,
+            backends_map_size,
+            rev_nat_map_size,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            rt.block_on(app::run(app::RunConfig {
+                manifests,
+                kubeconfig,
+                pins: pins.paths(),
+                cgroup,
+                health_addr,
+                capacity: Capacity {
+                    services: services_map_size,
+                    backends: backends_map_size,
+                    rev_nat: rev_nat_map_size,
+                    ..Capacity::default()
+                },
+            }))
+        }
+        Command::Inspect { pins, json } => {
+            let state = BpfMaps::open_pinned(&pins.paths())
+                .context("is an agent (or was one) running with this --pin-dir?")?
+                .read()?;
+            let view = inspect::view(&state);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print!("{}", inspect::render_text(&view));
+            }
+            Ok(())
+        }
+        Command::Cleanup { pins } => {
+            let paths = pins.paths();
+            if loader::cleanup(&paths)? {
+                println!(
+                    "removed {} (programs detached, maps released)",
+                    paths.root().display()
+                );
+            } else {
+                println!("nothing pinned at {}", paths.root().display());
+            }
+            Ok(())
+        }
+        Command::Probe {
+            target,
+            count,
+            proto,
+            timeout_ms,
+            interval_ms,
+        } => {
+            let s = probe::run(
+                target,
+                count,
+                proto,
+                Duration::from_millis(timeout_ms),
+                Duration::from_millis(interval_ms),
+            );
+            println!("{}", serde_json::to_string(&s)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! `lb-agent probe`: opens connections to an address the way an application would and reports
+//! how the answers were spread. The demo and the datapath tests run it inside a client network
+//! namespace; people can run it on a node to check a Service by hand.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeProto {
+    Tcp,
+    Udp,
+}
+
+/// The outcome of a probe run (printed as one JSON line).
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Summary {
+    pub attempts: u32,
+    pub ok: u32,
+    /// Reply text (the server's name) -> how many connections got it.
+    pub replies: BTreeMap<String, u32>,
+    /// errno name -> how many attempts failed with it.
+    pub errors: BTreeMap<String, u32>,
+}
+
+/// A short name for an OS error, e.g. ECONNREFUSED.
+pub fn errno_name(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
+        Some(libc::ENETUNREACH) => "ENETUNREACH".into(),
+        Some(libc::EHOSTUNREACH) => "EHOSTUNREACH".into(),
+        Some(libc::ETIMEDOUT) => "ETIMEDOUT".into(),
+        Some(libc::ECONNRESET) => "ECONNRESET".into(),
+        Some(libc::ECONNABORTED) => "ECONNABORTED".into(),
+        Some(libc::EPERM) => "EPERM".into(),
+        Some(libc::EAGAIN) => "EAGAIN".into(),
+        Some(n) => format!("errno-{n}"),
+        None if e.kind() == std::io::ErrorKind::TimedOut
+            || e.kind() == std::io::ErrorKind::WouldBlock =>
+        {
+            "ETIMEDOUT".into()
+        }
+        None => format!("{:?}", e.kind()),
+    }
+}
+
+fn one_tcp(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&target, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    Ok(buf.trim().to_string())
+}
+
+fn one_udp(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("literal");
+    let s = UdpSocket::bind(bind)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.connect(target)?;
+    s.send(b"?")?;
+    let mut buf = [0u8; 512];
+    let n = s.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+pub fn run(
+    target: SocketAddr,
+    count: u32,
+    proto: ProbeProto,
+    timeout: Duration,
+    interval: Duration,
+) -> Summary {
+    let mut sum = Summary::default();
+    for i in 0..count {
+        if i > 0 && !interval.is_zero() {
+            std::thread::sleep(interval);
+        }
+        sum.attempts += 1;
+        let r = match proto {
+            ProbeProto::Tcp => one_tcp(target, timeout),
+            ProbeProto::Udp => one_udp(target, timeout),
+        };
+        match r {
+            Ok(reply) => {
+                sum.ok += 1;
+                *sum.replies.entry(reply).or_default() += 1;
+            }
+            Err(e) => *sum.errors.entry(errno_name(&e)).or_default() += 1,
+        }
+    }
+    let _ = std::io::stdout().flush();
+    sum
+}

@@ -1,0 +1,173 @@
+//! Keeps the maps equal to the desired state: plan the writes, apply them in order, remember
+//! what the maps hold. The datapath sits behind [`Datapath`] so this is tested against a fake.
+
+pub mod map_state;
+pub mod plan;
+
+use anyhow::Result;
+use tracing::{debug, warn};
+
+pub use map_state::{MapState, Op};
+pub use plan::{Capacity, Overflow};
+
+use crate::k8s::model::DesiredState;
+
+/// Where map writes go.
+pub trait Datapath {
+    fn apply(&mut self, op: &Op) -> Result<()>;
+    /// What the maps hold now (read back from the kernel for the real datapath).
+    fn read(&self) -> Result<MapState>;
+}
+
+/// The in-memory datapath: a [`MapState`] that applies writes to itself.
+impl Datapath for MapState {
+    fn apply(&mut self, op: &Op) -> Result<()> {
+        MapState::apply(self, op);
+        Ok(())
+    }
+    fn read(&self) -> Result<MapState> {
+        Ok(self.clone())
+    }
+}
+
+/// What one sync did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub writes: usize,
+    pub failed_writes: usize,
+    pub overflows: Vec<Overflow>,
+    pub frontends: usize,
+    pub backends: usize,
+    pub service_entries: usize,
+}
+
+pub struct Syncer<D> {
+    datapath: D,
+    capacity: Capacity,
+    /// What the maps hold, as far as we know; None when it must be read back first.
+    known: Option<MapState>,
+}
+
+impl<D: Datapath> Syncer<D> {
+    /// Starts from whatever the maps already hold (a previous agent's state is adopted: ids are
+    /// kept and only differences are written).
+    pub fn new(datapath: D, capacity: Capacity) -> Self {
+        Self {
+            datapath,
+            capacity,
+            known: None,
+        }
+    }
+
+    pub fn datapath(&self) -> &D {
+        &self.datapath
+    }
+
+    pub fn sync(&mut self, desired: &DesiredState) -> Result<SyncReport> {
+        let current = match self.known.take() {
+            Some(s) => s,
+            None => self.datapath.read()?,
+        };
+        let plan = plan::plan(&current, desired, &self.capacity);
+        let mut report = SyncReport {
+            writes: plan.ops.len(),
+            overflows: plan.overflows,
+            frontends: plan.target.frontends().count(),
+            backends: plan.target.backends.len(),
+            service_entries: plan.target.services.len(),
+            ..Default::default()
+        };
+        for op in &plan.ops {
+            if let Err(e) = self.datapath.apply(op) {
+                report.failed_writes += 1;
+                warn!(error = %format!("{e:#}"), ?op, "map write failed; will re-read the maps and retry on the next sync");
+            }
+        }
+        debug!(
+            writes = report.writes,
+            failed = report.failed_writes,
+            "sync applied"
+        );
+        // After a failure the maps are not what the plan says: read them back next time.
+        self.known = (report.failed_writes == 0).then_some(plan.target);
+        Ok(report)
+    }
+
+    /// Whether the last sync left the maps exactly as planned.
+    pub fn in_sync(&self) -> bool {
+        self.known.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::{Snapshot, translate::translate};
+
+    /// A datapath that fails the n-th write.
+    struct Flaky {
+        inner: MapState,
+        fail_at: usize,
+        seen: usize,
+    }
+
+    impl Datapath for Flaky {
+        fn apply(&mut self, op: &Op) -> Result<()> {
+            self.seen += 1;
+            if self.seen == self.fail_at {
+                anyhow::bail!("injected failure");
+            }
+            self.inner.apply(op);
+            Ok(())
+        }
+        fn read(&self) -> Result<MapState> {
+            Ok(self.inner.clone())
+        }
+    }
+
+    fn desired(n: usize) -> DesiredState {
+        let svc = serde_json::json!({"metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}});
+        let eps: Vec<_> = (0..n)
+            .map(|i| serde_json::json!({"addresses": [format!("10.244.0.{}", i + 1)]}))
+            .collect();
+        let slice = serde_json::json!({"metadata": {"name": "web-1", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "ports": [{"port": 8080}], "endpoints": eps});
+        translate(&Snapshot {
+            services: vec![serde_json::from_value(svc).unwrap()],
+            slices: vec![serde_json::from_value(slice).unwrap()],
+        })
+        .desired
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_after_reading_the_maps_back() {
+        let mut s = Syncer::new(
+            Flaky {
+                inner: MapState::default(),
+                fail_at: 2,
+                seen: 0,
+            },
+            Capacity::default(),
+        );
+        let r = s.sync(&desired(3)).unwrap();
+        assert_eq!(r.failed_writes, 1);
+        assert!(!s.in_sync());
+        let r = s.sync(&desired(3)).unwrap();
+        assert_eq!(r.failed_writes, 0);
+        assert!(r.writes >= 1);
+        assert!(s.in_sync());
+        let again = plan::plan(&s.datapath().inner, &desired(3), &Capacity::default());
+        assert!(again.ops.is_empty(), "maps converged: {:?}", again.ops);
+    }
+
+    #[test]
+    fn adopting_existing_maps_writes_nothing_when_nothing_changed() {
+        let mut first = Syncer::new(MapState::default(), Capacity::default());
+        first.sync(&desired(3)).unwrap();
+        let maps = first.datapath().clone();
+        let mut second = Syncer::new(maps, Capacity::default());
+        assert_eq!(second.sync(&desired(3)).unwrap().writes, 0);
+    }
+}

@@ -1,0 +1,25 @@
+//! The lb eBPF programs. Each hook is a few lines around the shared translation in
+//! [`sock`]; the maps are declared once in [`maps`] with the layouts from `lb-common`.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod sock;
+
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+
+/// connect() on IPv4 sockets (TCP, and UDP that calls connect).
+#[cgroup_sock_addr(connect4)]
+pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
+    sock::connect4(&ctx)
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

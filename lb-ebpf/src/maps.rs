@@ -1,0 +1,35 @@
+//! The maps, BTF-described so that `bpftool map dump` prints keys and values by field name.
+//! Their layouts live in `lb-common`; their names in `lb_common::map_names`.
+
+use aya_ebpf::{btf_maps::HashMap, macros::btf_map};
+use lb_common::{
+    Backend, BackendKey, RevNat, RevNatKey, ServiceKey, ServiceValue, capacity, select::Tables,
+};
+
+#[btf_map]
+pub static LB_SERVICES: HashMap<ServiceKey, ServiceValue, { capacity::SERVICES as usize }> =
+    HashMap::new();
+
+#[btf_map]
+pub static LB_BACKENDS: HashMap<BackendKey, Backend, { capacity::BACKENDS as usize }> =
+    HashMap::new();
+
+#[btf_map]
+pub static LB_REV_NAT: HashMap<RevNatKey, RevNat, { capacity::REV_NAT as usize }> = HashMap::new();
+
+/// The service and backend tables as the shared decision logic sees them.
+pub struct Maps;
+
+impl Tables for Maps {
+    #[inline(always)]
+    fn service(&self, key: &ServiceKey) -> Option<ServiceValue> {
+        // SAFETY: the value is copied out at once; no reference outlives the lookup.
+        unsafe { LB_SERVICES.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn backend(&self, id: u32) -> Option<Backend> {
+        // SAFETY: as above.
+        unsafe { LB_BACKENDS.get(BackendKey { id }).copied() }
+    }
+}
