@@ -26,6 +26,11 @@ pub struct RunConfig {
 }
 
 pub async fn run(cfg: RunConfig) -> Result<()> {
+    if let Some(dir) = &cfg.manifests
+        && !dir.is_dir()
+    {
+        anyhow::bail!("--manifests {}: not a directory", dir.display());
+    }
     let metrics = Metrics::new();
     let ready = Readiness::default();
     let serve = health::bind(cfg.health_addr, ready.clone(), metrics.clone()).await?;

@@ -1,1 +1,405 @@
+//! Sandboxes for datapath tests, the demo and the benchmark: a client network namespace with
+//! no route off the machine, "pod" namespaces behind veths with 10.244.x.x addresses, a
+//! throwaway cgroup v2 directory, and the real agent binary run against them.
+//!
+//! Network safety: the client namespace has routes only to the pod subnets it was given, so a
+//! connect to a ClusterIP that the datapath fails to rewrite ends in ENETUNREACH inside the
+//! sandbox; nothing can leave the machine. Everything is removed on drop, also when a test
+//! panics, and sandboxes left by killed runs (their pid no longer alive) are swept on start.
 
+pub mod manifests;
+pub mod netns;
+pub mod server;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+pub use server::PodServer;
+
+/// Port every pod serves on (TCP and UDP).
+pub const POD_PORT: u16 = 8080;
+
+/// Only one sandbox at a time per process: tests that assert on convergence must not compete
+/// with each other for the machine's two cores.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Whether this process may run privileged datapath tests. Without root they are skipped
+/// locally but fail under CI=true, so CI can never pass by skipping them.
+pub fn privileged_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "{test} needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) and CI=true: refusing to skip"
+        );
+    }
+    eprintln!("skipping {test}: needs root");
+    false
+}
+
+/// The root of the cgroup v2 mount, from /proc/mounts.
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .context("no cgroup2 mount in /proc/mounts")
+}
+
+pub struct Pod {
+    pub name: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pub server: PodServer,
+}
+
+pub struct Sandbox {
+    pub id: String,
+    pub client_netns: String,
+    pub pods: Vec<Pod>,
+    pub cgroup: PathBuf,
+    pub manifests: PathBuf,
+    pub workdir: PathBuf,
+    pub agent_bin: PathBuf,
+    pub health_addr: SocketAddr,
+    agent: Option<Child>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+fn sandbox_prefix(pid: u32) -> String {
+    format!("lbt{pid}x")
+}
+
+/// Removes namespaces, cgroups and pins of sandboxes whose process is gone.
+fn sweep_stale(cgroup_root: &Path) {
+    let dead = |name: &str| -> bool {
+        let Some(rest) = name.strip_prefix("lbt") else {
+            return false;
+        };
+        let Some(pid) = rest.split('x').next().and_then(|p| p.parse::<u32>().ok()) else {
+            return false;
+        };
+        !Path::new(&format!("/proc/{pid}")).exists()
+    };
+    for ns in netns::list() {
+        if dead(&ns) {
+            let _ = netns::delete(&ns);
+        }
+    }
+    for dir in [cgroup_root.to_path_buf(), PathBuf::from("/sys/fs/bpf")] {
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if dead(&name) {
+                    let _ = if dir.starts_with("/sys/fs/bpf") {
+                        std::fs::remove_dir_all(e.path())
+                    } else {
+                        kill_cgroup(&e.path());
+                        std::fs::remove_dir(e.path())
+                    };
+                }
+            }
+        }
+    }
+}
+
+fn kill_cgroup(cg: &Path) {
+    if let Ok(procs) = std::fs::read_to_string(cg.join("cgroup.procs")) {
+        for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
+            // SAFETY: sending a signal has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn free_local_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Sandbox {
+    /// A client namespace and `pods` pod namespaces, each pod serving its name on POD_PORT.
+    pub fn new(agent_bin: &Path, pods: usize) -> Result<Self> {
+        let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let cgroup_root = cgroup2_root()?;
+        sweep_stale(&cgroup_root);
+        let id = format!(
+            "{}{}",
+            sandbox_prefix(std::process::id()),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let workdir = std::env::temp_dir().join(&id);
+        let manifests = workdir.join("manifests");
+        std::fs::create_dir_all(&manifests)?;
+        let cgroup = cgroup_root.join(&id);
+        let mut sb = Sandbox {
+            client_netns: format!("{id}-c"),
+            id,
+            pods: Vec::new(),
+            cgroup,
+            manifests,
+            workdir,
+            agent_bin: agent_bin.to_path_buf(),
+            health_addr: SocketAddr::from(([127, 0, 0, 1], free_local_port()?)),
+            agent: None,
+            _serial: serial,
+        };
+        // From here on Drop cleans up whatever was made.
+        std::fs::create_dir(&sb.cgroup)
+            .with_context(|| format!("creating {}", sb.cgroup.display()))?;
+        netns::create(&sb.client_netns)?;
+        netns::ip(&sb.client_netns, &["link", "set", "lo", "up"])?;
+        // A wide ephemeral range, as a busy client node has.
+        netns::sysctl(
+            &sb.client_netns,
+            "net/ipv4/ip_local_port_range",
+            "1024 65000",
+        )?;
+        for i in 1..=pods {
+            sb.add_pod(i)?;
+        }
+        Ok(sb)
+    }
+
+    fn add_pod(&mut self, i: usize) -> Result<()> {
+        let name = format!("pod-{i}");
+        let ns = format!("{}-p{i}", self.id);
+        let ip = Ipv4Addr::new(10, 244, i as u8, 2);
+        let gw = format!("10.244.{i}.1");
+        netns::create(&ns)?;
+        let host_if = format!("p{i}");
+        netns::veth(&self.client_netns, &host_if, &ns, "eth0")?;
+        netns::ip(
+            &self.client_netns,
+            &["addr", "add", &format!("{gw}/24"), "dev", &host_if],
+        )?;
+        netns::ip(&self.client_netns, &["link", "set", &host_if, "up"])?;
+        netns::ip(&ns, &["link", "set", "lo", "up"])?;
+        netns::ip(&ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        netns::ip(&ns, &["link", "set", "eth0", "up"])?;
+        netns::ip(&ns, &["route", "add", "default", "via", &gw])?;
+        let server = PodServer::start(&ns, &name, POD_PORT)?;
+        self.pods.push(Pod {
+            name,
+            netns: ns,
+            ip,
+            server,
+        });
+        Ok(())
+    }
+
+    pub fn pod_ips(&self) -> Vec<Ipv4Addr> {
+        self.pods.iter().map(|p| p.ip).collect()
+    }
+
+    /// Writes a manifest file atomically (the agent never sees half a file).
+    pub fn write_manifest(&self, name: &str, text: &str) -> Result<()> {
+        let tmp = self.manifests.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.manifests.join(name))?;
+        Ok(())
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.workdir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Starts `lb-agent run` on this sandbox and waits until /readyz answers 200.
+    pub fn start_agent(&mut self, extra: &[&str]) -> Result<()> {
+        let log = File::create(self.workdir.join("agent.log"))?;
+        let child = Command::new(&self.agent_bin)
+            .arg("run")
+            .arg("--manifests")
+            .arg(&self.manifests)
+            .arg("--pin-dir")
+            .arg(&self.id)
+            .arg("--cgroup")
+            .arg(&self.cgroup)
+            .arg("--health-addr")
+            .arg(self.health_addr.to_string())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env("RUST_BACKTRACE", "0")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.agent_bin.display()))?;
+        self.agent = Some(child);
+        self.wait_ready(Duration::from_secs(30))
+    }
+
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.agent.as_mut()
+                && let Some(status) = c.try_wait()?
+            {
+                bail!(
+                    "the agent exited ({status}) before it was ready:\n{}",
+                    self.agent_log()
+                );
+            }
+            if http_get(self.health_addr, "/readyz").is_ok_and(|(code, _)| code == 200) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent was not ready within {timeout:?}:\n{}",
+                    self.agent_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the agent: SIGTERM (graceful) or SIGKILL.
+    pub fn stop_agent(&mut self, kill: bool) -> Result<()> {
+        if let Some(mut c) = self.agent.take() {
+            let sig = if kill { libc::SIGKILL } else { libc::SIGTERM };
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, sig) };
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Runs the agent binary with `args` (e.g. inspect) on this sandbox's pin dir.
+    pub fn agent_cmd(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.agent_bin)
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&self.id)
+            .env("RUST_BACKTRACE", "0")
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "lb-agent {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `lb-agent inspect --json` of this sandbox's maps.
+    pub fn inspect(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(
+            &self.agent_cmd(&["inspect", "--json"])?,
+        )?)
+    }
+
+    /// A command that runs as a client: inside the client namespace and the sandbox cgroup.
+    pub fn client_command(&self, program: &Path) -> Result<Command> {
+        let ns = File::open(netns::path(&self.client_netns))?;
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.cgroup.join("cgroup.procs"))?;
+        let mut cmd = Command::new(program);
+        // SAFETY: only async-signal-safe calls (write, setns) between fork and exec; the files
+        // were opened before the fork and are moved into the closure.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+
+    /// `lb-agent probe` from the client side.
+    pub fn probe(&self, target: SocketAddr, count: u32, proto: &str) -> Result<ProbeSummary> {
+        let out = self
+            .client_command(&self.agent_bin)?
+            .args([
+                "probe",
+                "--target",
+                &target.to_string(),
+                "--count",
+                &count.to_string(),
+            ])
+            .args(["--proto", proto, "--timeout-ms", "2000"])
+            .env("RUST_BACKTRACE", "0")
+            .stderr(Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            bail!("probe failed: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        serde_json::from_slice(&out.stdout).context("parsing the probe's output")
+    }
+}
+
+/// What `lb-agent probe` prints.
+#[derive(Debug, Default, Clone, serde::Deserialize, serde::Serialize)]
+pub struct ProbeSummary {
+    pub attempts: u32,
+    pub ok: u32,
+    pub replies: std::collections::BTreeMap<String, u32>,
+    pub errors: std::collections::BTreeMap<String, u32>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.stop_agent(true);
+        let _ = Command::new(&self.agent_bin)
+            .args(["cleanup", "--pin-dir", &self.id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(Path::new("/sys/fs/bpf").join(&self.id));
+        for p in &mut self.pods {
+            p.server.stop();
+        }
+        for p in &self.pods {
+            let _ = netns::delete(&p.netns);
+        }
+        let _ = netns::delete(&self.client_netns);
+        kill_cgroup(&self.cgroup);
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&self.workdir);
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback: (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status line")?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}

@@ -76,8 +76,10 @@ fn attach_cgroup_program(
         .with_context(|| format!("{name} is not a cgroup sock_addr program"))?;
     prog.load()
         .with_context(|| format!("loading {name} (the verifier said no)"))?;
+    // With BPF links the kernel wants no attach flags and always allows several links on one
+    // cgroup, which is what lets a new agent attach beside the old one.
     let id = prog
-        .attach(cgroup, CgroupAttachMode::AllowMultiple)
+        .attach(cgroup, CgroupAttachMode::Single)
         .with_context(|| format!("attaching {name}"))?;
     let link: FdLink = prog
         .take_link(id)
@@ -85,7 +87,8 @@ fn attach_cgroup_program(
         .try_into()
         .with_context(|| format!("{name}'s link is not an fd link (kernel < 5.7?)"))?;
     let final_path = pins.link(name);
-    let tmp = final_path.with_extension("new");
+    // bpffs refuses names with a dot.
+    let tmp = pins.link(&format!("{name}_new"));
     if tmp.exists() {
         warn!(path = %tmp.display(), "removing a half-made link pin from an interrupted start");
         std::fs::remove_file(&tmp).with_context(|| format!("removing {}", tmp.display()))?;

@@ -1,0 +1,54 @@
+//! Service and EndpointSlice manifests as the tests and the demo write them.
+
+use std::net::IpAddr;
+
+/// A ClusterIP Service with one TCP port.
+pub fn service(name: &str, cluster_ip: &str, port: u16, target_port: u16) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  type: ClusterIP
+  clusterIP: {cluster_ip}
+  ports:
+    - name: http
+      protocol: TCP
+      port: {port}
+      targetPort: {target_port}
+"
+    )
+}
+
+/// An EndpointSlice for `service` with ready endpoints at `ips`, port `http` = `port`.
+pub fn endpoint_slice(name: &str, service: &str, port: u16, ips: &[IpAddr]) -> String {
+    let mut eps = String::new();
+    for ip in ips {
+        eps.push_str(&format!(
+            "  - addresses: [\"{ip}\"]\n    conditions: {{ready: true, serving: true, terminating: false}}\n"
+        ));
+    }
+    let eps = if eps.is_empty() {
+        "  []\n".to_string()
+    } else {
+        eps
+    };
+    format!(
+        "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}
+  namespace: default
+  labels:
+    kubernetes.io/service-name: {service}
+addressType: IPv4
+ports:
+  - name: http
+    protocol: TCP
+    port: {port}
+endpoints:
+{eps}"
+    )
+}

@@ -1,0 +1,121 @@
+//! What each sandbox pod runs: a TCP server that writes the pod's name and closes (the server
+//! closes first, so TIME_WAIT stays on the server side and client ports are reusable), and a
+//! UDP server that answers every datagram with the pod's name.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result};
+
+use crate::netns;
+
+pub struct PodServer {
+    stop: Arc<AtomicBool>,
+    tcp_accepts: Arc<AtomicU64>,
+    udp_requests: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl PodServer {
+    pub fn start(ns: &str, name: &str, port: u16) -> Result<Self> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let tcp_accepts = Arc::new(AtomicU64::new(0));
+        let udp_requests = Arc::new(AtomicU64::new(0));
+        let (ns, name) = (ns.to_string(), name.to_string());
+        let (s, t, u) = (stop.clone(), tcp_accepts.clone(), udp_requests.clone());
+        let thread = std::thread::spawn(move || {
+            let sockets = (|| -> Result<(TcpListener, UdpSocket)> {
+                netns::enter(&ns)?;
+                let any = SocketAddr::from(([0, 0, 0, 0], port));
+                let tcp = TcpListener::bind(any).context("binding the pod's TCP port")?;
+                let udp = UdpSocket::bind(any).context("binding the pod's UDP port")?;
+                tcp.set_nonblocking(true)?;
+                udp.set_nonblocking(true)?;
+                Ok((tcp, udp))
+            })();
+            match sockets {
+                Ok((tcp, udp)) => {
+                    let _ = ready_tx.send(Ok(()));
+                    serve(&name, &tcp, &udp, &s, &t, &u);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        });
+        ready_rx.recv().context("pod server thread died")??;
+        Ok(Self {
+            stop,
+            tcp_accepts,
+            udp_requests,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn tcp_accepts(&self) -> u64 {
+        self.tcp_accepts.load(Ordering::Relaxed)
+    }
+
+    pub fn udp_requests(&self) -> u64 {
+        self.udp_requests.load(Ordering::Relaxed)
+    }
+
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for PodServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve(
+    name: &str,
+    tcp: &TcpListener,
+    udp: &UdpSocket,
+    stop: &AtomicBool,
+    accepts: &AtomicU64,
+    requests: &AtomicU64,
+) {
+    let reply = format!("{name}\n");
+    let mut fds = [
+        libc::pollfd {
+            fd: tcp.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: udp.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: fds is a valid array of two pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
+        if n <= 0 {
+            continue;
+        }
+        while let Ok((mut conn, _)) = tcp.accept() {
+            accepts.fetch_add(1, Ordering::Relaxed);
+            let _ = conn.set_nonblocking(false);
+            let _ = conn.write_all(reply.as_bytes());
+            // Dropping closes: the server closes first.
+        }
+        while let Ok((_, peer)) = udp.recv_from(&mut buf) {
+            requests.fetch_add(1, Ordering::Relaxed);
+            let _ = udp.send_to(reply.as_bytes(), peer);
+        }
+    }
+}
