@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "lowercase")]
 pub enum ProbeProto {
     Tcp,
+    /// UDP on a connected socket (connect, send, recv), as glibc's resolver does.
     Udp,
+    /// UDP on an unconnected socket (sendto, recvfrom), as many resolvers and servers do.
+    UdpUnconnected,
 }
 
 /// The outcome of a probe run (printed as one JSON line).
@@ -44,12 +47,23 @@ pub fn errno_name(e: &std::io::Error) -> String {
         {
             "ETIMEDOUT".into()
         }
+        None if e.to_string().starts_with("WRONG_PEER") => "WRONG_PEER".into(),
         None => format!("{:?}", e.kind()),
     }
 }
 
+/// An answer that came from (or a peer that claims to be) another address than the one the
+/// application addressed: the translation leaked through.
+fn wrong_peer(got: SocketAddr) -> std::io::Error {
+    std::io::Error::other(format!("WRONG_PEER {got}"))
+}
+
 fn one_tcp(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
     let mut s = TcpStream::connect_timeout(&target, timeout)?;
+    let peer = s.peer_addr()?;
+    if peer != target {
+        return Err(wrong_peer(peer));
+    }
     s.set_read_timeout(Some(timeout))?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
@@ -67,9 +81,32 @@ fn one_udp(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
     let s = UdpSocket::bind(bind)?;
     s.set_read_timeout(Some(timeout))?;
     s.connect(target)?;
+    let peer = s.peer_addr()?;
+    if peer != target {
+        return Err(wrong_peer(peer));
+    }
     s.send(b"?")?;
     let mut buf = [0u8; 512];
     let n = s.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+fn one_udp_unconnected(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("literal");
+    let s = UdpSocket::bind(bind)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.send_to(b"?", target)?;
+    let mut buf = [0u8; 512];
+    let (n, from) = s.recv_from(&mut buf)?;
+    if from != target {
+        return Err(wrong_peer(from));
+    }
     Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
 }
 
@@ -89,6 +126,7 @@ pub fn run(
         let r = match proto {
             ProbeProto::Tcp => one_tcp(target, timeout),
             ProbeProto::Udp => one_udp(target, timeout),
+            ProbeProto::UdpUnconnected => one_udp_unconnected(target, timeout),
         };
         match r {
             Ok(reply) => {

@@ -21,13 +21,18 @@ pub mod map_names {
     pub const SERVICES: &str = "LB_SERVICES";
     pub const BACKENDS: &str = "LB_BACKENDS";
     pub const REV_NAT: &str = "LB_REV_NAT";
-    pub const ALL: [&str; 3] = [SERVICES, BACKENDS, REV_NAT];
+    /// Per-socket reverse translation (LRU): written by the datapath, never by the agent.
+    pub const SOCK_REV_NAT: &str = "LB_SOCK_REVNAT";
+    pub const ALL: [&str; 4] = [SERVICES, BACKENDS, REV_NAT, SOCK_REV_NAT];
 }
 
 /// Names of the programs in the object file.
 pub mod program_names {
     pub const CONNECT4: &str = "lb_connect4";
-    pub const ALL: [&str; 1] = [CONNECT4];
+    pub const SENDMSG4: &str = "lb_sendmsg4";
+    pub const RECVMSG4: &str = "lb_recvmsg4";
+    pub const GETPEERNAME4: &str = "lb_getpeername4";
+    pub const ALL: [&str; 4] = [CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4];
 }
 
 /// Default capacities (entries) of the maps; the agent can override them at load time.
@@ -36,6 +41,8 @@ pub mod capacity {
     pub const SERVICES: u32 = 65_536;
     pub const BACKENDS: u32 = 65_536;
     pub const REV_NAT: u32 = 65_536;
+    /// Sockets whose translation is remembered for replies and getpeername (LRU).
+    pub const SOCK_REV_NAT: u32 = 262_144;
     /// The most backends one frontend can have (slot numbers are u16; slot 0 is the service).
     pub const MAX_BACKENDS_PER_SERVICE: u16 = u16::MAX - 1;
 }
@@ -148,6 +155,28 @@ pub struct RevNat {
     pub _pad: u16,
 }
 
+/// Key of the per-socket reverse-NAT table: which socket talked to which backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SockRevNatKey {
+    /// `bpf_get_socket_cookie` of the socket.
+    pub cookie: u64,
+    /// Backend address the socket was sent to; IPv4 as `::ffff:a.b.c.d`.
+    pub addr: [u8; 16],
+    /// Backend port, host byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Value of the per-socket reverse-NAT table: the frontend the application addressed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SockRevNat {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub rev_nat_id: u16,
+}
+
 // The kernel and user space must agree on these byte for byte.
 const _: () = {
     use core::mem::{align_of, size_of};
@@ -157,6 +186,8 @@ const _: () = {
     assert!(size_of::<Backend>() == 20 && align_of::<Backend>() == 2);
     assert!(size_of::<RevNatKey>() == 4 && align_of::<RevNatKey>() == 4);
     assert!(size_of::<RevNat>() == 20 && align_of::<RevNat>() == 2);
+    assert!(size_of::<SockRevNatKey>() == 32 && align_of::<SockRevNatKey>() == 8);
+    assert!(size_of::<SockRevNat>() == 20 && align_of::<SockRevNat>() == 2);
 };
 
 /// `::ffff:a.b.c.d` for an IPv4 address given as its four bytes in network order.

@@ -14,6 +14,24 @@ pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
     sock::connect4(&ctx)
 }
 
+/// sendto()/sendmsg() with an address on unconnected IPv4 UDP sockets.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn lb_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::sendmsg4(&ctx)
+}
+
+/// recvfrom()/recvmsg() on IPv4 UDP sockets: show the Service address as the reply's source.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn lb_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::restore4(&ctx)
+}
+
+/// getpeername() on IPv4 sockets: the address the application connected to, not the backend.
+#[cgroup_sock_addr(getpeername4)]
+pub fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::restore4(&ctx)
+}
+
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,9 +1,13 @@
 //! The maps, BTF-described so that `bpftool map dump` prints keys and values by field name.
 //! Their layouts live in `lb-common`; their names in `lb_common::map_names`.
 
-use aya_ebpf::{btf_maps::HashMap, macros::btf_map};
+use aya_ebpf::{
+    btf_maps::{HashMap, LruHashMap},
+    macros::btf_map,
+};
 use lb_common::{
-    Backend, BackendKey, RevNat, RevNatKey, ServiceKey, ServiceValue, capacity, select::Tables,
+    Backend, BackendKey, RevNat, RevNatKey, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey,
+    capacity, select::Tables,
 };
 
 #[btf_map]
@@ -16,6 +20,15 @@ pub static LB_BACKENDS: HashMap<BackendKey, Backend, { capacity::BACKENDS as usi
 
 #[btf_map]
 pub static LB_REV_NAT: HashMap<RevNatKey, RevNat, { capacity::REV_NAT as usize }> = HashMap::new();
+
+/// Which frontend each translated socket addressed, so replies (recvmsg) and getpeername can
+/// show the address the application used. LRU: entries of closed sockets age out.
+#[btf_map]
+pub static LB_SOCK_REVNAT: LruHashMap<
+    SockRevNatKey,
+    SockRevNat,
+    { capacity::SOCK_REV_NAT as usize },
+> = LruHashMap::new();
 
 /// The service and backend tables as the shared decision logic sees them.
 pub struct Maps;

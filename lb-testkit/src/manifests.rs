@@ -52,3 +52,29 @@ endpoints:
 {eps}"
     )
 }
+
+/// A ClusterIP Service shaped like kube-dns: `dns` on UDP 53 and `dns-tcp` on TCP 53, both to
+/// the pods' `target_port`.
+pub fn dns_service(name: &str, cluster_ip: &str, target_port: u16) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  clusterIP: {cluster_ip}
+  ports:
+    - {{name: dns, protocol: UDP, port: 53, targetPort: {target_port}}}
+    - {{name: dns-tcp, protocol: TCP, port: 53, targetPort: {target_port}}}
+"
+    )
+}
+
+/// The EndpointSlice for [`dns_service`].
+pub fn dns_endpoint_slice(name: &str, service: &str, port: u16, ips: &[IpAddr]) -> String {
+    endpoint_slice(name, service, port, ips).replace(
+        "ports:\n  - name: http\n    protocol: TCP\n",
+        &format!("ports:\n  - name: dns\n    protocol: UDP\n    port: {port}\n  - name: dns-tcp\n    protocol: TCP\n"),
+    )
+}
