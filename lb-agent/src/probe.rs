@@ -70,16 +70,20 @@ fn one_tcp(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
     Ok(buf.trim().to_string())
 }
 
-fn one_udp(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
-    let bind: SocketAddr = if target.is_ipv4() {
-        "0.0.0.0:0"
+/// A UDP socket of the target's family with a read timeout.
+fn udp_socket(target: SocketAddr, timeout: Duration) -> std::io::Result<UdpSocket> {
+    let any = if target.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
-        "[::]:0"
-    }
-    .parse()
-    .expect("literal");
-    let s = UdpSocket::bind(bind)?;
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let s = UdpSocket::bind(any)?;
     s.set_read_timeout(Some(timeout))?;
+    Ok(s)
+}
+
+fn one_udp(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    let s = udp_socket(target, timeout)?;
     s.connect(target)?;
     let peer = s.peer_addr()?;
     if peer != target {
@@ -92,15 +96,7 @@ fn one_udp(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
 }
 
 fn one_udp_unconnected(target: SocketAddr, timeout: Duration) -> std::io::Result<String> {
-    let bind: SocketAddr = if target.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()
-    .expect("literal");
-    let s = UdpSocket::bind(bind)?;
-    s.set_read_timeout(Some(timeout))?;
+    let s = udp_socket(target, timeout)?;
     s.send_to(b"?", target)?;
     let mut buf = [0u8; 512];
     let (n, from) = s.recv_from(&mut buf)?;
