@@ -11,7 +11,10 @@ use tracing::{error, info, warn};
 
 use crate::datapath::{loader, pins::PinPaths, system};
 use crate::health::{self, Readiness};
-use crate::k8s::{Snapshot, translate::translate};
+use crate::k8s::{
+    Snapshot,
+    translate::{NodeContext, translate_for},
+};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::source;
 use crate::sync::{Capacity, Datapath, Syncer};
@@ -23,6 +26,7 @@ pub struct RunConfig {
     pub cgroup: Option<PathBuf>,
     pub health_addr: SocketAddr,
     pub capacity: Capacity,
+    pub node: NodeContext,
 }
 
 pub async fn run(cfg: RunConfig) -> Result<()> {
@@ -72,7 +76,7 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                 if changed.is_err() { break; }
                 let snapshot = rx.borrow_and_update().clone();
                 if let Some(snapshot) = snapshot {
-                    tokio::task::block_in_place(|| apply(&mut syncer, &snapshot, &metrics, &mut reported));
+                    tokio::task::block_in_place(|| apply(&mut syncer, &snapshot, &cfg.node, &metrics, &mut reported));
                     if !ready.is_ready() && syncer.in_sync() {
                         ready.set_ready();
                         info!("first full state written to the maps: ready");
@@ -109,11 +113,12 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
 pub fn apply<D: Datapath>(
     syncer: &mut Syncer<D>,
     snapshot: &Snapshot,
+    node: &NodeContext,
     metrics: &Metrics,
     reported: &mut BTreeSet<String>,
 ) {
     let started = Instant::now();
-    let t = translate(snapshot);
+    let t = translate_for(snapshot, node);
     let mut now = BTreeSet::new();
     for p in &t.problems {
         let line = p.to_string();

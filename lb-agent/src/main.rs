@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use lb_agent::datapath::{loader, maps::BpfMaps, pins::PinPaths, system};
+use lb_agent::k8s::translate::NodeContext;
 use lb_agent::sync::{Capacity, Datapath};
 use lb_agent::{app, inspect, probe};
 
@@ -69,6 +70,9 @@ enum Command {
         /// The cgroup v2 directory to attach to (default: the root of the cgroup2 mount).
         #[arg(long, env = "LB_CGROUP")]
         cgroup: Option<PathBuf>,
+        /// This node's name, for node-local endpoints (internalTrafficPolicy: Local).
+        #[arg(long, env = "NODE_NAME")]
+        node_name: Option<String>,
         /// Address for /healthz, /readyz and /metrics.
         #[arg(long, default_value = "127.0.0.1:9965", env = "LB_HEALTH_ADDR")]
         health_addr: SocketAddr,
@@ -136,6 +140,7 @@ fn main() -> Result<()> {
             kubeconfig,
             pins,
             cgroup,
+            node_name,
             health_addr,
             services_map_size,
             backends_map_size,
@@ -157,6 +162,7 @@ fn main() -> Result<()> {
                     rev_nat: rev_nat_map_size,
                     ..Capacity::default()
                 },
+                node: NodeContext { node_name },
             }))
         }
         Command::Inspect { pins, json } => {

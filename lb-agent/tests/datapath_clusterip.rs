@@ -198,3 +198,76 @@ fn bad_manifests_are_reported_and_everything_else_still_applies() -> Result<()> 
     );
     Ok(())
 }
+
+/// An EndpointSlice for `web` with explicit conditions and node names per pod.
+fn slice_with_conditions(sb: &Sandbox, eps: &[(usize, &str, &str)]) -> String {
+    let mut text = manifests::endpoint_slice("web-1", "web", POD_PORT, &[]).replace("  []\n", "");
+    for (pod, conditions, node) in eps {
+        text.push_str(&format!(
+            "  - addresses: [\"{}\"]\n    nodeName: {node}\n    conditions: {conditions}\n",
+            sb.pods[pod - 1].ip
+        ));
+    }
+    text
+}
+
+#[test]
+fn terminating_fallback_and_internal_traffic_policy_local() -> Result<()> {
+    if !privileged_or_skip("endpoint selection") {
+        return Ok(());
+    }
+    let mut sb = sandbox_with_service(3, &[])?;
+    const READY: &str = "{ready: true, serving: true, terminating: false}";
+    const TERMINATING: &str = "{ready: false, serving: true, terminating: true}";
+    const GONE: &str = "{ready: false, serving: false, terminating: true}";
+    sb.write_manifest(
+        "web-eps.yaml",
+        &slice_with_conditions(
+            &sb,
+            &[
+                (1, READY, "node-a"),
+                (2, TERMINATING, "node-b"),
+                (3, GONE, "node-a"),
+            ],
+        ),
+    )?;
+    sb.start_agent(&["--node-name", "node-a"])?;
+    let s = sb.probe(vip(80), 30, "tcp")?;
+    assert_eq!(
+        s.replies.get("pod-1"),
+        Some(&30),
+        "only the ready endpoint: {s:?}"
+    );
+
+    // No ready endpoint left: serving-and-terminating ones take the traffic, never not-serving.
+    sb.write_manifest(
+        "web-eps.yaml",
+        &slice_with_conditions(&sb, &[(2, TERMINATING, "node-b"), (3, GONE, "node-a")]),
+    )?;
+    converge(&sb, &ips(&sb, &[2]), Duration::from_secs(5))?;
+    let s = sb.probe(vip(80), 30, "tcp")?;
+    assert_eq!(s.replies.get("pod-2"), Some(&30), "{s:?}");
+
+    // internalTrafficPolicy: Local on node-a: only node-a's endpoints.
+    let local = manifests::service("web", VIP, 80, POD_PORT).replace(
+        "  type: ClusterIP\n",
+        "  type: ClusterIP\n  internalTrafficPolicy: Local\n",
+    );
+    sb.write_manifest("web-svc.yaml", &local)?;
+    sb.write_manifest(
+        "web-eps.yaml",
+        &slice_with_conditions(
+            &sb,
+            &[
+                (1, READY, "node-b"),
+                (2, READY, "node-a"),
+                (3, READY, "node-a"),
+            ],
+        ),
+    )?;
+    converge(&sb, &ips(&sb, &[2, 3]), Duration::from_secs(5))?;
+    let s = sb.probe(vip(80), 60, "tcp")?;
+    assert_eq!(s.ok, 60, "{s:?}");
+    assert!(!s.replies.contains_key("pod-1"), "{s:?}");
+    Ok(())
+}

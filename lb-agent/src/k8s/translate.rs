@@ -6,7 +6,11 @@
 //!   and Services labelled with `service.kubernetes.io/service-proxy-name` are left alone;
 //! - each Service port is matched to the EndpointSlice port with the same name and protocol
 //!   (the slice carries the resolved number, so a named `targetPort` works);
-//! - an endpoint is used unless its `ready` condition is false;
+//! - an endpoint is used unless its `ready` condition is false; when a port has no ready
+//!   endpoint, endpoints that are `serving` and `terminating` are used instead (KEP-1669), and
+//!   never ones that are not serving;
+//! - `internalTrafficPolicy: Local` keeps only endpoints on this node (`nodeName`); with none,
+//!   the Service rejects connections, as kube-proxy drops them;
 //! - anything malformed is reported as a [`Problem`] and skipped; the rest still applies.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,6 +40,7 @@ pub enum ProblemReason {
     UnsupportedProtocol,
     InvalidEndpointAddress,
     InvalidEndpointPort,
+    LocalPolicyWithoutNodeName,
 }
 
 impl ProblemReason {
@@ -47,6 +52,7 @@ impl ProblemReason {
             ProblemReason::UnsupportedProtocol => "unsupported_protocol",
             ProblemReason::InvalidEndpointAddress => "invalid_endpoint_address",
             ProblemReason::InvalidEndpointPort => "invalid_endpoint_port",
+            ProblemReason::LocalPolicyWithoutNodeName => "local_policy_without_node_name",
         }
     }
 }
@@ -79,12 +85,24 @@ pub enum Skip {
     OtherProxy,
 }
 
-/// Translates a whole snapshot.
+/// What translation needs to know about the node the agent runs on.
+#[derive(Clone, Debug, Default)]
+pub struct NodeContext {
+    /// This node's name (`spec.nodeName` of local endpoints).
+    pub node_name: Option<String>,
+}
+
+/// Translates a whole snapshot for a node whose name is unknown.
 pub fn translate(snapshot: &Snapshot) -> Translation {
+    translate_for(snapshot, &NodeContext::default())
+}
+
+/// Translates a whole snapshot for `node`.
+pub fn translate_for(snapshot: &Snapshot, node: &NodeContext) -> Translation {
     let mut out = Translation::default();
     let slices = index_slices(&snapshot.slices, &mut out.problems);
     for svc in &snapshot.services {
-        translate_service(svc, &slices, &mut out);
+        translate_service(svc, &slices, node, &mut out);
     }
     out
 }
@@ -138,7 +156,12 @@ pub fn skip_reason(svc: &Service) -> Option<Skip> {
     }
 }
 
-fn translate_service(svc: &Service, slices: &SliceIndex<'_>, out: &mut Translation) {
+fn translate_service(
+    svc: &Service,
+    slices: &SliceIndex<'_>,
+    node: &NodeContext,
+    out: &mut Translation,
+) {
     let ns = svc
         .metadata
         .namespace
@@ -184,6 +207,20 @@ fn translate_service(svc: &Service, slices: &SliceIndex<'_>, out: &mut Translati
         }
     }
 
+    // internalTrafficPolicy: Local -> only this node's endpoints (an unknown node name matches
+    // none, so the Service rejects rather than silently using remote endpoints).
+    let local_node = if spec.internal_traffic_policy.as_deref() == Some("Local") {
+        if node.node_name.is_none() {
+            problem(
+                ProblemReason::LocalPolicyWithoutNodeName,
+                "internalTrafficPolicy: Local but the agent has no --node-name".into(),
+            );
+        }
+        Some(node.node_name.as_deref().unwrap_or(""))
+    } else {
+        None
+    };
+
     let own_slices = slices
         .get(&(ns.clone(), name.clone()))
         .map(Vec::as_slice)
@@ -203,7 +240,7 @@ fn translate_service(svc: &Service, slices: &SliceIndex<'_>, out: &mut Translati
             continue;
         };
         for &ip in &ips {
-            let backends = backends_for(port, proto, ip, own_slices, &mut problem);
+            let backends = backends_for(port, proto, ip, own_slices, local_node, &mut problem);
             frontends.push((
                 Frontend {
                     addr: ip,
@@ -234,11 +271,13 @@ fn backends_for(
     proto: Protocol,
     family_of: IpAddr,
     slices: &[&EndpointSlice],
+    local_node: Option<&str>,
     problem: &mut impl FnMut(ProblemReason, String),
 ) -> BTreeSet<BackendAddr> {
     let want_name = port.name.as_deref().unwrap_or("");
     let want_type = if family_of.is_ipv4() { "IPv4" } else { "IPv6" };
-    let mut backends = BTreeSet::new();
+    let mut ready_set = BTreeSet::new();
+    let mut terminating_set = BTreeSet::new();
     for slice in slices.iter().filter(|s| s.address_type == want_type) {
         let slice_port = slice.ports.iter().flatten().find(|p| {
             p.name.as_deref().unwrap_or("") == want_name
@@ -258,10 +297,22 @@ fn backends_for(
             continue;
         };
         for ep in slice.endpoints.iter().flatten() {
-            let ready = ep.conditions.as_ref().and_then(|c| c.ready);
-            if ready == Some(false) {
+            if local_node.is_some_and(|n| ep.node_name.as_deref() != Some(n)) {
                 continue;
             }
+            // The API's defaults: ready unset means ready, serving unset means "as ready",
+            // terminating unset means not terminating.
+            let c = ep.conditions.as_ref();
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            let backends = if ready {
+                &mut ready_set
+            } else if serving && terminating {
+                &mut terminating_set
+            } else {
+                continue;
+            };
             for a in &ep.addresses {
                 match a.parse::<IpAddr>() {
                     Ok(addr) if addr.is_ipv4() == family_of.is_ipv4() => {
@@ -282,7 +333,11 @@ fn backends_for(
             }
         }
     }
-    backends
+    if ready_set.is_empty() {
+        terminating_set
+    } else {
+        ready_set
+    }
 }
 
 #[cfg(test)]
@@ -372,6 +427,65 @@ mod tests {
         assert_eq!(
             backend_ips(&t, &frontend("10.96.0.20", 80)),
             ["10.244.2.2:8080"]
+        );
+    }
+
+    #[test]
+    fn serving_terminating_endpoints_are_the_fallback_when_none_is_ready() {
+        let eps = json!([
+            {"addresses": ["10.244.1.2"], "conditions": {"ready": true}},
+            {"addresses": ["10.244.2.2"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+            {"addresses": ["10.244.3.2"], "conditions": {"ready": false, "serving": false, "terminating": true}}
+        ]);
+        let t = translate(&Snapshot {
+            services: vec![web_service()],
+            slices: vec![web_slice(eps)],
+        });
+        assert_eq!(
+            backend_ips(&t, &frontend("10.96.0.20", 80)),
+            ["10.244.1.2:8080"]
+        );
+        let eps = json!([
+            {"addresses": ["10.244.2.2"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+            {"addresses": ["10.244.3.2"], "conditions": {"ready": false, "serving": false, "terminating": true}},
+            {"addresses": ["10.244.4.2"], "conditions": {"ready": false}}
+        ]);
+        let t = translate(&Snapshot {
+            services: vec![web_service()],
+            slices: vec![web_slice(eps)],
+        });
+        assert_eq!(
+            backend_ips(&t, &frontend("10.96.0.20", 80)),
+            ["10.244.2.2:8080"]
+        );
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_keeps_only_this_nodes_endpoints() {
+        let mut svc = web_service();
+        svc.spec.as_mut().unwrap().internal_traffic_policy = Some("Local".into());
+        let snap = Snapshot {
+            services: vec![svc],
+            slices: vec![web_slice(json!([
+                {"addresses": ["10.244.1.2"], "nodeName": "node-a"},
+                {"addresses": ["10.244.2.2"], "nodeName": "node-b"}
+            ]))],
+        };
+        let node = |n: &str| NodeContext {
+            node_name: Some(n.into()),
+        };
+        let t = translate_for(&snap, &node("node-b"));
+        assert_eq!(
+            backend_ips(&t, &frontend("10.96.0.20", 80)),
+            ["10.244.2.2:8080"]
+        );
+        let t = translate_for(&snap, &node("node-c"));
+        assert!(backend_ips(&t, &frontend("10.96.0.20", 80)).is_empty());
+        let t = translate(&snap);
+        assert!(backend_ips(&t, &frontend("10.96.0.20", 80)).is_empty());
+        assert_eq!(
+            t.problems[0].reason,
+            ProblemReason::LocalPolicyWithoutNodeName
         );
     }
 
