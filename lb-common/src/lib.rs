@@ -32,7 +32,20 @@ pub mod program_names {
     pub const SENDMSG4: &str = "lb_sendmsg4";
     pub const RECVMSG4: &str = "lb_recvmsg4";
     pub const GETPEERNAME4: &str = "lb_getpeername4";
-    pub const ALL: [&str; 4] = [CONNECT4, SENDMSG4, RECVMSG4, GETPEERNAME4];
+    pub const CONNECT6: &str = "lb_connect6";
+    pub const SENDMSG6: &str = "lb_sendmsg6";
+    pub const RECVMSG6: &str = "lb_recvmsg6";
+    pub const GETPEERNAME6: &str = "lb_getpeername6";
+    pub const ALL: [&str; 8] = [
+        CONNECT4,
+        SENDMSG4,
+        RECVMSG4,
+        GETPEERNAME4,
+        CONNECT6,
+        SENDMSG6,
+        RECVMSG6,
+        GETPEERNAME6,
+    ];
 }
 
 /// Default capacities (entries) of the maps; the agent can override them at load time.

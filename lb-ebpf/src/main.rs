@@ -11,25 +11,46 @@ use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 /// connect() on IPv4 sockets (TCP, and UDP that calls connect).
 #[cgroup_sock_addr(connect4)]
 pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
-    sock::connect4(&ctx)
+    sock::connect::<false>(&ctx)
 }
 
 /// sendto()/sendmsg() with an address on unconnected IPv4 UDP sockets.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn lb_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::sendmsg4(&ctx)
+    sock::sendmsg::<false>(&ctx)
 }
 
 /// recvfrom()/recvmsg() on IPv4 UDP sockets: show the Service address as the reply's source.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn lb_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock::restore4(&ctx)
+    sock::restore::<false>(&ctx)
 }
 
 /// getpeername() on IPv4 sockets: the address the application connected to, not the backend.
 #[cgroup_sock_addr(getpeername4)]
 pub fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
-    sock::restore4(&ctx)
+    sock::restore::<false>(&ctx)
+}
+
+/// connect() on IPv6 sockets, including IPv4-mapped destinations.
+#[cgroup_sock_addr(connect6)]
+pub fn lb_connect6(ctx: SockAddrContext) -> i32 {
+    sock::connect::<true>(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn lb_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::sendmsg::<true>(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn lb_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::restore::<true>(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn lb_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock::restore::<true>(&ctx)
 }
 
 #[unsafe(link_section = "license")]

@@ -5,6 +5,7 @@
 
 use aya_ebpf::{
     EbpfContext,
+    bindings::bpf_sock_addr,
     helpers::generated::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
@@ -43,14 +44,63 @@ fn cookie(ctx: &SockAddrContext) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
-/// Translates the destination in `ctx` (connect4 and sendmsg4 share this).
+/// The destination in `ctx` as a 16-byte address (IPv4 mapped) and a host-order port.
 #[inline(always)]
-fn translate4(ctx: &SockAddrContext, l4: u8) -> i32 {
+fn destination<const V6: bool>(sa: &bpf_sock_addr) -> ([u8; 16], u16) {
+    // user_ip4/user_ip6 and user_port hold network byte order: their bytes in memory are the
+    // address.
+    let addr = if V6 {
+        let w = sa.user_ip6;
+        let mut a = [0u8; 16];
+        let mut i = 0;
+        while i < 4 {
+            let b = w[i].to_ne_bytes();
+            a[4 * i] = b[0];
+            a[4 * i + 1] = b[1];
+            a[4 * i + 2] = b[2];
+            a[4 * i + 3] = b[3];
+            i += 1;
+        }
+        a
+    } else {
+        v4_mapped(sa.user_ip4.to_ne_bytes())
+    };
+    (addr, u16::from_be(sa.user_port as u16))
+}
+
+/// Writes a destination into `ctx`; false when the socket's family cannot hold it (an IPv4
+/// socket and an IPv6 address).
+#[inline(always)]
+fn set_destination<const V6: bool>(sa: &mut bpf_sock_addr, addr: &[u8; 16], port: u16) -> bool {
+    if V6 {
+        let mut i = 0;
+        while i < 4 {
+            sa.user_ip6[i] = u32::from_ne_bytes([
+                addr[4 * i],
+                addr[4 * i + 1],
+                addr[4 * i + 2],
+                addr[4 * i + 3],
+            ]);
+            i += 1;
+        }
+    } else {
+        match v4_unmapped(addr) {
+            Some(a) => sa.user_ip4 = u32::from_ne_bytes(a),
+            None => return false,
+        }
+    }
+    sa.user_port = u32::from(port.to_be());
+    true
+}
+
+/// Translates the destination in `ctx` (connect and sendmsg of both families share this). An
+/// IPv6 socket aimed at an IPv4-mapped address finds the IPv4 frontend, since the maps hold
+/// IPv4 mapped.
+#[inline(always)]
+fn translate<const V6: bool>(ctx: &SockAddrContext, l4: u8) -> i32 {
     // SAFETY: the kernel hands every cgroup sock_addr program a valid bpf_sock_addr.
     let sa = unsafe { &mut *ctx.sock_addr };
-    // user_ip4 and user_port hold network byte order; their bytes in memory are the address.
-    let daddr = v4_mapped(sa.user_ip4.to_ne_bytes());
-    let dport = u16::from_be(sa.user_port as u16);
+    let (daddr, dport) = destination::<V6>(sa);
     let frontend = ServiceKey::new(daddr, dport, l4, scope::EXTERNAL, 0);
     // SAFETY: a plain helper call.
     let random = unsafe { bpf_get_prandom_u32() };
@@ -60,71 +110,66 @@ fn translate4(ctx: &SockAddrContext, l4: u8) -> i32 {
         Decision::Forward {
             backend,
             rev_nat_id,
-        } => match v4_unmapped(&backend.addr) {
-            Some(addr) => {
-                let key = SockRevNatKey {
-                    cookie: cookie(ctx),
-                    addr: backend.addr,
-                    port: backend.port,
-                    _pad: [0; 6],
-                };
-                let value = SockRevNat {
-                    addr: daddr,
-                    port: dport,
-                    rev_nat_id,
-                };
-                // Best effort: without the entry only the reply's source address is the
-                // backend's; the connection itself still works.
-                let _ = LB_SOCK_REVNAT.insert(key, value, 0);
-                sa.user_ip4 = u32::from_ne_bytes(addr);
-                sa.user_port = u32::from(backend.port.to_be());
-                ALLOW
+        } => {
+            if !set_destination::<V6>(sa, &backend.addr, backend.port) {
+                return reject();
             }
-            // An IPv4 socket cannot reach an IPv6 backend.
-            None => reject(),
-        },
+            let key = SockRevNatKey {
+                cookie: cookie(ctx),
+                addr: backend.addr,
+                port: backend.port,
+                _pad: [0; 6],
+            };
+            let value = SockRevNat {
+                addr: daddr,
+                port: dport,
+                rev_nat_id,
+            };
+            // Best effort: without the entry only the reply's source address is the backend's;
+            // the connection itself still works.
+            let _ = LB_SOCK_REVNAT.insert(key, value, 0);
+            ALLOW
+        }
     }
 }
 
 #[inline(always)]
-pub fn connect4(ctx: &SockAddrContext) -> i32 {
+pub fn connect<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     // SAFETY: as above.
     let protocol = unsafe { (*ctx.sock_addr).protocol };
     match l4_proto(protocol) {
-        Some(l4) => translate4(ctx, l4),
+        Some(l4) => translate::<V6>(ctx, l4),
         None => ALLOW,
     }
 }
 
 #[inline(always)]
-pub fn sendmsg4(ctx: &SockAddrContext) -> i32 {
+pub fn sendmsg<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     // SAFETY: as above.
     let protocol = unsafe { (*ctx.sock_addr).protocol };
     if protocol == proto::UDP as u32 {
-        translate4(ctx, proto::UDP)
+        translate::<V6>(ctx, proto::UDP)
     } else {
         ALLOW
     }
 }
 
-/// recvmsg4 and getpeername4: if this socket was translated to the backend in `ctx`, put the
+/// recvmsg and getpeername: if this socket was translated to the backend in `ctx`, put the
 /// frontend back.
 #[inline(always)]
-pub fn restore4(ctx: &SockAddrContext) -> i32 {
+pub fn restore<const V6: bool>(ctx: &SockAddrContext) -> i32 {
     // SAFETY: as above.
     let sa = unsafe { &mut *ctx.sock_addr };
+    let (addr, port) = destination::<V6>(sa);
     let key = SockRevNatKey {
         cookie: cookie(ctx),
-        addr: v4_mapped(sa.user_ip4.to_ne_bytes()),
-        port: u16::from_be(sa.user_port as u16),
+        addr,
+        port,
         _pad: [0; 6],
     };
     // SAFETY: the value is copied out at once.
-    if let Some(front) = unsafe { LB_SOCK_REVNAT.get(key) }.copied()
-        && let Some(addr) = v4_unmapped(&front.addr)
-    {
-        sa.user_ip4 = u32::from_ne_bytes(addr);
-        sa.user_port = u32::from(front.port.to_be());
+    if let Some(front) = unsafe { LB_SOCK_REVNAT.get(key) }.copied() {
+        set_destination::<V6>(sa, &front.addr, front.port);
     }
     ALLOW
 }

@@ -67,6 +67,8 @@ pub struct Pod {
     pub name: String,
     pub netns: String,
     pub ip: Ipv4Addr,
+    /// `fd00:244:<i>::2`
+    pub ip6: std::net::Ipv6Addr,
     pub server: PodServer,
 }
 
@@ -194,11 +196,31 @@ impl Sandbox {
         netns::ip(&ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         netns::ip(&ns, &["link", "set", "eth0", "up"])?;
         netns::ip(&ns, &["route", "add", "default", "via", &gw])?;
+        // IPv6 beside IPv4 (nodad: usable at once).
+        let ip6: std::net::Ipv6Addr = format!("fd00:244:{i}::2").parse()?;
+        let gw6 = format!("fd00:244:{i}::1");
+        netns::ip(
+            &self.client_netns,
+            &[
+                "addr",
+                "add",
+                &format!("{gw6}/64"),
+                "dev",
+                &host_if,
+                "nodad",
+            ],
+        )?;
+        netns::ip(
+            &ns,
+            &["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"],
+        )?;
+        netns::ip(&ns, &["-6", "route", "add", "default", "via", &gw6])?;
         let server = PodServer::start(&ns, &name, POD_PORT)?;
         self.pods.push(Pod {
             name,
             netns: ns,
             ip,
+            ip6,
             server,
         });
         Ok(())

@@ -22,8 +22,14 @@ spec:
     )
 }
 
-/// An EndpointSlice for `service` with ready endpoints at `ips`, port `http` = `port`.
+/// An EndpointSlice for `service` with ready endpoints at `ips` (all of one family), port
+/// `http` = `port`.
 pub fn endpoint_slice(name: &str, service: &str, port: u16, ips: &[IpAddr]) -> String {
+    let family = if ips.first().is_some_and(IpAddr::is_ipv6) {
+        "IPv6"
+    } else {
+        "IPv4"
+    };
     let mut eps = String::new();
     for ip in ips {
         eps.push_str(&format!(
@@ -43,7 +49,7 @@ metadata:
   namespace: default
   labels:
     kubernetes.io/service-name: {service}
-addressType: IPv4
+addressType: {family}
 ports:
   - name: http
     protocol: TCP

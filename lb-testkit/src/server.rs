@@ -31,7 +31,8 @@ impl PodServer {
         let thread = std::thread::spawn(move || {
             let sockets = (|| -> Result<(TcpListener, UdpSocket)> {
                 netns::enter(&ns)?;
-                let any = SocketAddr::from(([0, 0, 0, 0], port));
+                // [::] with the default bindv6only=0 serves IPv4 and IPv6.
+                let any = SocketAddr::from(([0u16; 8], port));
                 let tcp = TcpListener::bind(any).context("binding the pod's TCP port")?;
                 let udp = UdpSocket::bind(any).context("binding the pod's UDP port")?;
                 tcp.set_nonblocking(true)?;
