@@ -271,3 +271,38 @@ fn terminating_fallback_and_internal_traffic_policy_local() -> Result<()> {
     assert!(!s.replies.contains_key("pod-1"), "{s:?}");
     Ok(())
 }
+
+#[test]
+fn session_affinity_keeps_a_client_on_one_backend_until_it_leaves() -> Result<()> {
+    if !privileged_or_skip("session affinity") {
+        return Ok(());
+    }
+    let mut sb = sandbox_with_service(3, &[1, 2, 3])?;
+    let sticky = manifests::service("web", VIP, 80, POD_PORT).replace(
+        "  type: ClusterIP\n",
+        "  type: ClusterIP\n  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}\n",
+    );
+    sb.write_manifest("web-svc.yaml", &sticky)?;
+    sb.start_agent(&[])?;
+    let v = sb.inspect()?;
+    assert_eq!(v["frontends"][0]["affinity_timeout_seconds"], 600, "{v}");
+
+    // Every connection from this client (its network namespace) goes to one backend.
+    let s = sb.probe(vip(80), 60, "tcp")?;
+    assert_eq!(s.ok, 60, "{s:?}");
+    assert_eq!(s.replies.len(), 1, "{s:?}");
+    let chosen: usize = s.replies.keys().next().unwrap()["pod-".len()..].parse()?;
+
+    // When that backend leaves the Service the client moves, and sticks to its new backend.
+    let rest: Vec<usize> = (1..=3).filter(|i| *i != chosen).collect();
+    sb.write_manifest(
+        "web-eps.yaml",
+        &manifests::endpoint_slice("web-1", "web", POD_PORT, &ips(&sb, &rest)),
+    )?;
+    converge(&sb, &ips(&sb, &rest), Duration::from_secs(5))?;
+    let s = sb.probe(vip(80), 60, "tcp")?;
+    assert_eq!(s.ok, 60, "{s:?}");
+    assert_eq!(s.replies.len(), 1, "{s:?}");
+    assert!(!s.replies.contains_key(&format!("pod-{chosen}")), "{s:?}");
+    Ok(())
+}

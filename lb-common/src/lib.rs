@@ -23,7 +23,9 @@ pub mod map_names {
     pub const REV_NAT: &str = "LB_REV_NAT";
     /// Per-socket reverse translation (LRU): written by the datapath, never by the agent.
     pub const SOCK_REV_NAT: &str = "LB_SOCK_REVNAT";
-    pub const ALL: [&str; 4] = [SERVICES, BACKENDS, REV_NAT, SOCK_REV_NAT];
+    /// Session affinity (LRU): which backend a client last used per frontend.
+    pub const AFFINITY: &str = "LB_AFFINITY";
+    pub const ALL: [&str; 5] = [SERVICES, BACKENDS, REV_NAT, SOCK_REV_NAT, AFFINITY];
 }
 
 /// Names of the programs in the object file.
@@ -56,6 +58,8 @@ pub mod capacity {
     pub const REV_NAT: u32 = 65_536;
     /// Sockets whose translation is remembered for replies and getpeername (LRU).
     pub const SOCK_REV_NAT: u32 = 262_144;
+    /// (client, frontend) pairs remembered for `sessionAffinity: ClientIP` (LRU).
+    pub const AFFINITY: u32 = 65_536;
     /// The most backends one frontend can have (slot numbers are u16; slot 0 is the service).
     pub const MAX_BACKENDS_PER_SERVICE: u16 = u16::MAX - 1;
 }
@@ -190,6 +194,27 @@ pub struct SockRevNat {
     pub rev_nat_id: u16,
 }
 
+/// Key of the affinity table. Socket hooks see no client IP for local clients, so the client is
+/// its network namespace cookie (one pod = one client), as Cilium does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AffinityKey {
+    pub client: u64,
+    pub rev_nat_id: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Value of the affinity table: the backend (and the slot it was in) and when it was last used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub slot: u16,
+    pub _pad: u16,
+    /// Seconds on the monotonic clock.
+    pub last_used: u64,
+}
+
 // The kernel and user space must agree on these byte for byte.
 const _: () = {
     use core::mem::{align_of, size_of};
@@ -201,6 +226,8 @@ const _: () = {
     assert!(size_of::<RevNat>() == 20 && align_of::<RevNat>() == 2);
     assert!(size_of::<SockRevNatKey>() == 32 && align_of::<SockRevNatKey>() == 8);
     assert!(size_of::<SockRevNat>() == 20 && align_of::<SockRevNat>() == 2);
+    assert!(size_of::<AffinityKey>() == 16 && align_of::<AffinityKey>() == 8);
+    assert!(size_of::<AffinityValue>() == 16 && align_of::<AffinityValue>() == 8);
 };
 
 /// `::ffff:a.b.c.d` for an IPv4 address given as its four bytes in network order.

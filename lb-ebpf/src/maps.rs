@@ -6,8 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Backend, BackendKey, RevNat, RevNatKey, ServiceKey, ServiceValue, SockRevNat, SockRevNatKey,
-    capacity, select::Tables,
+    AffinityKey, AffinityValue, Backend, BackendKey, RevNat, RevNatKey, ServiceKey, ServiceValue,
+    SockRevNat, SockRevNatKey, capacity, select::Tables,
 };
 
 #[btf_map]
@@ -30,6 +30,11 @@ pub static LB_SOCK_REVNAT: LruHashMap<
     { capacity::SOCK_REV_NAT as usize },
 > = LruHashMap::new();
 
+/// Session affinity: the backend each client (netns cookie) last used per frontend.
+#[btf_map]
+pub static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue, { capacity::AFFINITY as usize }> =
+    LruHashMap::new();
+
 /// The service and backend tables as the shared decision logic sees them.
 pub struct Maps;
 
@@ -44,5 +49,11 @@ impl Tables for Maps {
     fn backend(&self, id: u32) -> Option<Backend> {
         // SAFETY: as above.
         unsafe { LB_BACKENDS.get(BackendKey { id }).copied() }
+    }
+
+    #[inline(always)]
+    fn affinity(&self, key: &AffinityKey) -> Option<AffinityValue> {
+        // SAFETY: as above.
+        unsafe { LB_AFFINITY.get(key).copied() }
     }
 }

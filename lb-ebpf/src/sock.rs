@@ -6,16 +6,19 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::bpf_sock_addr,
-    helpers::generated::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::generated::{
+        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_set_retval,
+    },
     programs::SockAddrContext,
 };
 use lb_common::{
     ServiceKey, SockRevNat, SockRevNatKey, errno, proto, scope,
-    select::{Decision, decide},
+    select::{Client, Decision, decide},
     v4_mapped, v4_unmapped,
 };
 
-use crate::maps::{LB_SOCK_REVNAT, Maps};
+use crate::maps::{LB_AFFINITY, LB_SOCK_REVNAT, Maps};
 
 /// Return value of a cgroup sock_addr program that lets the call go on.
 const ALLOW: i32 = 1;
@@ -102,17 +105,29 @@ fn translate<const V6: bool>(ctx: &SockAddrContext, l4: u8) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
     let (daddr, dport) = destination::<V6>(sa);
     let frontend = ServiceKey::new(daddr, dport, l4, scope::EXTERNAL, 0);
-    // SAFETY: a plain helper call.
-    let random = unsafe { bpf_get_prandom_u32() };
-    match decide(&Maps, &frontend, random) {
+    // SAFETY: plain helper calls on the program's own context.
+    let (random, client) = unsafe {
+        (
+            bpf_get_prandom_u32(),
+            Client {
+                id: bpf_get_netns_cookie(ctx.as_ptr()),
+                now: bpf_ktime_get_ns() / 1_000_000_000,
+            },
+        )
+    };
+    match decide(&Maps, &frontend, random, client) {
         Decision::NotAService => ALLOW,
         Decision::Reject => reject(),
         Decision::Forward {
             backend,
             rev_nat_id,
+            affinity,
         } => {
             if !set_destination::<V6>(sa, &backend.addr, backend.port) {
                 return reject();
+            }
+            if let Some((k, v)) = affinity {
+                let _ = LB_AFFINITY.insert(k, v, 0);
             }
             let key = SockRevNatKey {
                 cookie: cookie(ctx),

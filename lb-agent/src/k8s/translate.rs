@@ -23,6 +23,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use super::model::{BackendAddr, DesiredState, Frontend, FrontendEntry, FrontendKind, Protocol};
 use super::{SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, Service, Snapshot};
 
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (the API's default).
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+
 /// Why something in the input was skipped. The `reason` is a stable label for metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -221,6 +224,19 @@ fn translate_service(
         None
     };
 
+    // sessionAffinity: ClientIP, with the API's default timeout of 3 hours.
+    let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|&t| t > 0)
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+    } else {
+        0
+    };
+
     let own_slices = slices
         .get(&(ns.clone(), name.clone()))
         .map(Vec::as_slice)
@@ -253,7 +269,7 @@ fn translate_service(
                     port_name: port.name.clone().unwrap_or_default(),
                     kind: FrontendKind::ClusterIp,
                     backends,
-                    affinity_timeout: 0,
+                    affinity_timeout,
                 },
             ));
         }
@@ -486,6 +502,33 @@ mod tests {
         assert_eq!(
             t.problems[0].reason,
             ProblemReason::LocalPolicyWithoutNodeName
+        );
+    }
+
+    #[test]
+    fn session_affinity_timeout_defaults_to_three_hours() {
+        let mut svc = web_service();
+        svc.spec.as_mut().unwrap().session_affinity = Some("ClientIP".into());
+        let snap = |svc: Service| Snapshot {
+            services: vec![svc],
+            slices: vec![],
+        };
+        let t = translate(&snap(svc.clone()));
+        assert_eq!(
+            t.desired.frontends[&frontend("10.96.0.20", 80)].affinity_timeout,
+            10_800
+        );
+        svc.spec.as_mut().unwrap().session_affinity_config =
+            serde_json::from_value(json!({"clientIP": {"timeoutSeconds": 60}})).unwrap();
+        let t = translate(&snap(svc));
+        assert_eq!(
+            t.desired.frontends[&frontend("10.96.0.20", 80)].affinity_timeout,
+            60
+        );
+        let t = translate(&snap(web_service()));
+        assert_eq!(
+            t.desired.frontends[&frontend("10.96.0.20", 80)].affinity_timeout,
+            0
         );
     }
 
