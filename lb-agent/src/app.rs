@@ -19,6 +19,9 @@ use crate::metrics::{Metrics, ReasonLabel};
 use crate::source;
 use crate::sync::{Capacity, Datapath, Syncer};
 
+/// How often a sync that left the maps short is retried.
+const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct RunConfig {
     pub manifests: Option<PathBuf>,
     pub kubeconfig: Option<PathBuf>,
@@ -67,6 +70,9 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     let mut source_task = std::pin::pin!(source_task);
     let mut health_task = std::pin::pin!(health_task);
     let mut reported = BTreeSet::new();
+    // A sync with failed map writes is retried from the last snapshot even if nothing changes.
+    let mut retry = tokio::time::interval(RETRY_INTERVAL);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -77,10 +83,15 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                 let snapshot = rx.borrow_and_update().clone();
                 if let Some(snapshot) = snapshot {
                     tokio::task::block_in_place(|| apply(&mut syncer, &snapshot, &cfg.node, &metrics, &mut reported));
-                    if !ready.is_ready() && syncer.in_sync() {
-                        ready.set_ready();
-                        info!("first full state written to the maps: ready");
-                    }
+                    mark_ready_once_in_sync(&ready, &syncer);
+                }
+            }
+            _ = retry.tick(), if !syncer.in_sync() => {
+                let snapshot = rx.borrow().clone();
+                if let Some(snapshot) = snapshot {
+                    warn!("retrying the last sync, which had failed map writes");
+                    tokio::task::block_in_place(|| apply(&mut syncer, &snapshot, &cfg.node, &metrics, &mut reported));
+                    mark_ready_once_in_sync(&ready, &syncer);
                 }
             }
             r = &mut source_task => {
@@ -106,6 +117,13 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         "stopping; the datapath stays in place so Services keep working until the next agent adopts it (`lb-agent cleanup` removes it)"
     );
     Ok(())
+}
+
+fn mark_ready_once_in_sync<D: Datapath>(ready: &Readiness, syncer: &Syncer<D>) {
+    if !ready.is_ready() && syncer.in_sync() {
+        ready.set_ready();
+        info!("first full state written to the maps: ready");
+    }
 }
 
 /// Translates one snapshot and writes it to the maps, logging and counting what was skipped.
