@@ -349,26 +349,58 @@ impl Sandbox {
         Ok(cmd)
     }
 
+    fn probe_command(
+        &self,
+        target: SocketAddr,
+        count: u32,
+        proto: &str,
+        interval_ms: u32,
+    ) -> Result<Command> {
+        let mut cmd = self.client_command(&self.agent_bin)?;
+        cmd.args([
+            "probe",
+            "--target",
+            &target.to_string(),
+            "--count",
+            &count.to_string(),
+        ])
+        .args(["--proto", proto, "--timeout-ms", "2000"])
+        .args(["--interval-ms", &interval_ms.to_string()])
+        .env("RUST_BACKTRACE", "0")
+        .stderr(Stdio::inherit());
+        Ok(cmd)
+    }
+
     /// `lb-agent probe` from the client side.
     pub fn probe(&self, target: SocketAddr, count: u32, proto: &str) -> Result<ProbeSummary> {
-        let out = self
-            .client_command(&self.agent_bin)?
-            .args([
-                "probe",
-                "--target",
-                &target.to_string(),
-                "--count",
-                &count.to_string(),
-            ])
-            .args(["--proto", proto, "--timeout-ms", "2000"])
-            .env("RUST_BACKTRACE", "0")
-            .stderr(Stdio::inherit())
-            .output()?;
-        if !out.status.success() {
-            bail!("probe failed: {}", String::from_utf8_lossy(&out.stdout));
-        }
-        serde_json::from_slice(&out.stdout).context("parsing the probe's output")
+        parse_probe(self.probe_command(target, count, proto, 0)?.output()?)
     }
+
+    /// A probe running in the background; collect it with [`wait_probe`].
+    pub fn spawn_probe(
+        &self,
+        target: SocketAddr,
+        count: u32,
+        proto: &str,
+        interval_ms: u32,
+    ) -> Result<Child> {
+        Ok(self
+            .probe_command(target, count, proto, interval_ms)?
+            .stdout(Stdio::piped())
+            .spawn()?)
+    }
+}
+
+/// The summary of a probe started with [`Sandbox::spawn_probe`].
+pub fn wait_probe(child: Child) -> Result<ProbeSummary> {
+    parse_probe(child.wait_with_output()?)
+}
+
+fn parse_probe(out: std::process::Output) -> Result<ProbeSummary> {
+    if !out.status.success() {
+        bail!("probe failed: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    serde_json::from_slice(&out.stdout).context("parsing the probe's output")
 }
 
 /// What `lb-agent probe` prints.
