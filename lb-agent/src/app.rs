@@ -16,6 +16,7 @@ use crate::k8s::{
     translate::{NodeContext, translate_for},
 };
 use crate::metrics::{Metrics, ReasonLabel};
+use crate::node_addrs::NodeAddrs;
 use crate::source;
 use crate::sync::{Capacity, Datapath, Syncer};
 
@@ -29,10 +30,15 @@ pub struct RunConfig {
     pub cgroup: Option<PathBuf>,
     pub health_addr: SocketAddr,
     pub capacity: Capacity,
+    /// The node's name, zone and external-IP guard; its addresses come from `node_addrs`.
     pub node: NodeContext,
+    pub node_addrs: NodeAddrs,
 }
 
-pub async fn run(cfg: RunConfig) -> Result<()> {
+/// How often node addresses are re-read when they are discovered (NodePorts follow them).
+const NODE_ADDR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+pub async fn run(mut cfg: RunConfig) -> Result<()> {
     if let Some(dir) = &cfg.manifests
         && !dir.is_dir()
     {
@@ -74,6 +80,12 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+    cfg.node.node_ips = cfg.node_addrs.current()?;
+    info!(node_ips = ?cfg.node.node_ips, zone = ?cfg.node.zone, node = ?cfg.node.node_name, "node");
+    let mut node_addr_tick = tokio::time::interval(NODE_ADDR_INTERVAL);
+    node_addr_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let discovering = cfg.node_addrs == NodeAddrs::Discover;
+
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     loop {
@@ -92,6 +104,20 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                     warn!("retrying the last sync, which had failed map writes");
                     tokio::task::block_in_place(|| apply(&mut syncer, &snapshot, &cfg.node, &metrics, &mut reported));
                     mark_ready_once_in_sync(&ready, &syncer);
+                }
+            }
+            _ = node_addr_tick.tick(), if discovering => {
+                match cfg.node_addrs.current() {
+                    Ok(ips) if ips != cfg.node.node_ips => {
+                        info!(old = ?cfg.node.node_ips, new = ?ips, "node addresses changed; reprogramming NodePorts");
+                        cfg.node.node_ips = ips;
+                        let snapshot = rx.borrow().clone();
+                        if let Some(snapshot) = snapshot {
+                            tokio::task::block_in_place(|| apply(&mut syncer, &snapshot, &cfg.node, &metrics, &mut reported));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %format!("{e:#}"), "cannot read node addresses; keeping the last ones"),
                 }
             }
             r = &mut source_task => {
@@ -141,7 +167,11 @@ pub fn apply<D: Datapath>(
     for p in &t.problems {
         let line = p.to_string();
         if !reported.contains(&line) {
-            warn!(object = %p.object, reason = p.reason.as_str(), detail = %p.detail, "skipping invalid input");
+            if p.reason.is_refusal() {
+                warn!(object = %p.object, reason = p.reason.as_str(), detail = %p.detail, "not programmed");
+            } else {
+                warn!(object = %p.object, reason = p.reason.as_str(), detail = %p.detail, "skipping invalid input");
+            }
             metrics
                 .translation_problems
                 .get_or_create(&ReasonLabel::new(p.reason.as_str()))

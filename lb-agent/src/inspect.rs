@@ -22,8 +22,12 @@ pub struct FrontendView {
     pub address: IpAddr,
     pub port: u16,
     pub protocol: String,
+    /// `internal` (sockets on this node) or `external` (traffic from outside, XDP).
     pub scope: &'static str,
     pub kind: Vec<&'static str>,
+    /// How the backends were chosen: `local` (a Local traffic policy), `topology-zone`,
+    /// `topology-node`, `terminating-fallback`.
+    pub policy: Vec<&'static str>,
     pub rev_nat_id: u16,
     pub affinity_timeout_seconds: u32,
     pub backends: Vec<BackendView>,
@@ -67,10 +71,25 @@ pub fn view(state: &MapState) -> View {
                 None => broken_slots.push(i as u16 + 1),
             }
         }
-        let mut kind = Vec::new();
-        if svc.flags & service_flags::CLUSTER_IP != 0 {
-            kind.push("ClusterIP");
-        }
+        let named = |table: &[(u16, &'static str)]| -> Vec<&'static str> {
+            table
+                .iter()
+                .filter(|(bit, _)| svc.flags & bit != 0)
+                .map(|(_, name)| *name)
+                .collect()
+        };
+        let kind = named(&[
+            (service_flags::CLUSTER_IP, "ClusterIP"),
+            (service_flags::NODE_PORT, "NodePort"),
+            (service_flags::LOAD_BALANCER, "LoadBalancer"),
+            (service_flags::EXTERNAL_IP, "ExternalIP"),
+        ]);
+        let policy = named(&[
+            (service_flags::LOCAL_ONLY, "local"),
+            (service_flags::TOPOLOGY_ZONE, "topology-zone"),
+            (service_flags::TOPOLOGY_NODE, "topology-node"),
+            (service_flags::TERMINATING_FALLBACK, "terminating-fallback"),
+        ]);
         frontends.push(FrontendView {
             address: addr_from_map(&key.addr),
             port: key.port,
@@ -81,6 +100,7 @@ pub fn view(state: &MapState) -> View {
                 "external"
             },
             kind,
+            policy,
             rev_nat_id: svc.rev_nat_id,
             affinity_timeout_seconds: svc.affinity_timeout,
             backends,
@@ -97,20 +117,30 @@ pub fn render_text(v: &View) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<30} {:<5} {:<10} {:>8}  BACKENDS",
-        "FRONTEND", "PROTO", "TYPE", "REV_NAT"
+        "{:<30} {:<5} {:<8} {:<12} {:<14} {:<9} {:>7}  BACKENDS",
+        "FRONTEND", "PROTO", "SCOPE", "TYPE", "POLICY", "AFFINITY", "REV_NAT"
     );
-    for f in &v.frontends {
-        let addr = std::net::SocketAddr::new(f.address, f.port).to_string();
-        let kind = if f.kind.is_empty() {
+    let joined = |v: &[&str]| {
+        if v.is_empty() {
             "-".to_string()
         } else {
-            f.kind.join(",")
+            v.join(",")
+        }
+    };
+    for f in &v.frontends {
+        let addr = std::net::SocketAddr::new(f.address, f.port).to_string();
+        let affinity = if f.affinity_timeout_seconds == 0 {
+            "-".to_string()
+        } else {
+            format!("{}s", f.affinity_timeout_seconds)
         };
         let _ = writeln!(
             out,
-            "{addr:<30} {:<5} {kind:<10} {:>8}  {}",
+            "{addr:<30} {:<5} {:<8} {:<12} {:<14} {affinity:<9} {:>7}  {}",
             f.protocol,
+            f.scope,
+            joined(&f.kind),
+            joined(&f.policy),
             f.rev_nat_id,
             f.backends.len()
         );
@@ -144,6 +174,7 @@ mod tests {
     fn shows_frontends_with_their_backends() {
         let svc = serde_json::json!({"metadata": {"name": "dns", "namespace": "kube-system"},
             "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "dns-tcp", "port": 53}]}});
+        // (see `kinds_and_policies_are_named` for the other frontend kinds)
         let slice = serde_json::json!({"metadata": {"name": "dns-1", "namespace": "kube-system",
             "labels": {"kubernetes.io/service-name": "dns"}},
             "addressType": "IPv4", "ports": [{"name": "dns-tcp", "port": 5353}],
@@ -163,10 +194,62 @@ mod tests {
         );
         assert_eq!(f.backends.len(), 2);
         assert!(f.broken_slots.is_empty());
+        assert_eq!(
+            (f.scope, f.kind.as_slice()),
+            ("internal", &["ClusterIP"][..])
+        );
+        assert!(f.policy.is_empty());
         let text = render_text(&v);
         assert!(text.contains("10.96.0.10:53"), "{text}");
         assert!(text.contains("-> 10.244.2.2:5353"), "{text}");
         let json = serde_json::to_value(&v).unwrap();
         assert_eq!(json["frontends"][0]["backends"][1]["address"], "10.244.2.2");
+    }
+
+    #[test]
+    fn kinds_and_policies_are_named() {
+        use crate::k8s::translate::{NodeContext, translate_for};
+        let svc = serde_json::json!({"metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.20", "externalTrafficPolicy": "Local",
+                     "sessionAffinity": "ClientIP",
+                     "ports": [{"name": "http", "port": 80, "nodePort": 30080}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}}});
+        let slice = serde_json::json!({"metadata": {"name": "web-1", "namespace": "shop",
+            "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": ["10.244.1.2"], "nodeName": "a"}]});
+        let node = NodeContext {
+            node_name: Some("a".into()),
+            node_ips: vec!["192.168.0.5".parse().unwrap()],
+            ..Default::default()
+        };
+        let t = translate_for(
+            &Snapshot {
+                services: vec![serde_json::from_value(svc).unwrap()],
+                slices: vec![serde_json::from_value(slice).unwrap()],
+            },
+            &node,
+        );
+        let mut s = Syncer::new(MapState::default(), Capacity::default());
+        s.sync(&t.desired).unwrap();
+        let v = view(s.datapath());
+        let find = |addr: &str, port: u16, scope: &str| {
+            v.frontends
+                .iter()
+                .find(|f| f.address.to_string() == addr && f.port == port && f.scope == scope)
+                .unwrap_or_else(|| panic!("{addr}:{port} {scope} missing: {v:?}"))
+        };
+        let lb = find("203.0.113.10", 80, "external");
+        assert_eq!(
+            (lb.kind.as_slice(), lb.policy.as_slice()),
+            (&["LoadBalancer"][..], &["local"][..])
+        );
+        assert_eq!(lb.affinity_timeout_seconds, 10_800);
+        assert!(find("203.0.113.10", 80, "internal").policy.is_empty());
+        assert_eq!(find("192.168.0.5", 30080, "external").kind, ["NodePort"]);
+        assert_eq!(find("127.0.0.1", 30080, "internal").kind, ["NodePort"]);
+        let text = render_text(&v);
+        assert!(text.contains("LoadBalancer"), "{text}");
+        assert!(text.contains("10800s"), "{text}");
     }
 }

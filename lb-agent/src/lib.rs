@@ -10,6 +10,7 @@ pub mod health;
 pub mod inspect;
 pub mod k8s;
 pub mod metrics;
+pub mod node_addrs;
 pub mod probe;
 pub mod source;
 pub mod sync;

@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use lb_agent::datapath::{loader, maps::BpfMaps, pins::PinPaths, system};
-use lb_agent::k8s::translate::NodeContext;
+use lb_agent::k8s::{cidr::Cidr, translate::NodeContext};
+use lb_agent::node_addrs::NodeAddrs;
 use lb_agent::sync::{Capacity, Datapath};
 use lb_agent::{app, inspect, probe};
 
@@ -73,6 +74,18 @@ enum Command {
         /// This node's name, for node-local endpoints (internalTrafficPolicy: Local).
         #[arg(long, env = "NODE_NAME")]
         node_name: Option<String>,
+        /// This node's zone, for topology hints (default: the node's
+        /// topology.kubernetes.io/zone label when watching a cluster).
+        #[arg(long, env = "LB_ZONE")]
+        zone: Option<String>,
+        /// An address NodePorts answer on (repeatable). Default: every address of this network
+        /// namespace's interfaces, re-read every few seconds; 127.0.0.1 is always added.
+        #[arg(long = "node-ip", env = "LB_NODE_IPS", value_delimiter = ',')]
+        node_ips: Vec<std::net::IpAddr>,
+        /// Only program spec.externalIPs inside these ranges (comma-separated CIDRs); guards
+        /// against CVE-2020-8554. Unset: every external IP is programmed, as kube-proxy does.
+        #[arg(long, env = "LB_EXTERNAL_IP_CIDRS", value_delimiter = ',')]
+        external_ip_cidrs: Option<Vec<Cidr>>,
         /// Address for /healthz, /readyz and /metrics.
         #[arg(long, default_value = "127.0.0.1:9965", env = "LB_HEALTH_ADDR")]
         health_addr: SocketAddr,
@@ -141,6 +154,9 @@ fn main() -> Result<()> {
             pins,
             cgroup,
             node_name,
+            zone,
+            node_ips,
+            external_ip_cidrs,
             health_addr,
             services_map_size,
             backends_map_size,
@@ -162,7 +178,13 @@ fn main() -> Result<()> {
                     rev_nat: rev_nat_map_size,
                     ..Capacity::default()
                 },
-                node: NodeContext { node_name },
+                node: NodeContext {
+                    node_name,
+                    zone,
+                    node_ips: Vec::new(),
+                    external_ip_cidrs,
+                },
+                node_addrs: NodeAddrs::from_flags(node_ips),
             }))
         }
         Command::Inspect { pins, json } => {

@@ -322,7 +322,7 @@ fn desired(s: &Snapshot) -> BTreeMap<String, (String, Vec<String>)> {
         .frontends
         .iter()
         .map(|(f, e)| {
-            assert_eq!(f.scope, lb_common::scope::EXTERNAL);
+            assert_eq!(f.scope, lb_common::scope::INTERNAL);
             (
                 f.to_string(),
                 (

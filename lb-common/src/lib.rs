@@ -71,18 +71,41 @@ pub mod proto {
     pub const SCTP: u8 = 132;
 }
 
-/// Which traffic a service entry answers. Kept in the key from the start so that a frontend can
-/// later carry a second, node-local backend set (for `internalTrafficPolicy: Local` beside
-/// `externalTrafficPolicy: Cluster`) without a new map.
+/// Which traffic a service entry answers ([`ServiceKey::scope`]). A frontend can have a
+/// different backend set for each: kube-proxy applies `internalTrafficPolicy` and the
+/// short-circuit of node/pod traffic to cluster-wide endpoints to what starts on the node, and
+/// `externalTrafficPolicy` to what arrives from outside it.
 pub mod scope {
+    /// Traffic arriving from outside the node (NodePort, LoadBalancer and external IPs): read by
+    /// the XDP datapath. Backends follow `externalTrafficPolicy`.
     pub const EXTERNAL: u8 = 0;
+    /// Traffic from sockets on this node (pods and the node itself): read by the socket hooks.
+    /// Every frontend has an internal entry; a ClusterIP's backends follow
+    /// `internalTrafficPolicy`, the other kinds use cluster-wide endpoints, as kube-proxy
+    /// short-circuits local traffic to external addresses.
     pub const INTERNAL: u8 = 1;
 }
 
-/// Bits of [`ServiceValue::flags`] (slot 0).
+/// Bits of [`ServiceValue::flags`] (slot 0): what kind of address the frontend is and which
+/// policy chose its backends. Only the agent and `inspect` read them; the decision in the
+/// kernel needs only the count.
 pub mod service_flags {
     /// The frontend is a ClusterIP.
     pub const CLUSTER_IP: u16 = 1 << 0;
+    /// A node address (or 127.0.0.1) on a nodePort.
+    pub const NODE_PORT: u16 = 1 << 1;
+    /// A `status.loadBalancer.ingress[].ip`.
+    pub const LOAD_BALANCER: u16 = 1 << 2;
+    /// One of `spec.externalIPs`.
+    pub const EXTERNAL_IP: u16 = 1 << 3;
+    /// Backends limited to this node's endpoints (a `Local` traffic policy for this scope).
+    pub const LOCAL_ONLY: u16 = 1 << 4;
+    /// Backends narrowed to this node's zone by topology hints.
+    pub const TOPOLOGY_ZONE: u16 = 1 << 5;
+    /// Backends narrowed to this node by node hints (`PreferSameNode`).
+    pub const TOPOLOGY_NODE: u16 = 1 << 6;
+    /// No endpoint was ready: serving and terminating ones are used (KEP-1669).
+    pub const TERMINATING_FALLBACK: u16 = 1 << 7;
 }
 
 /// Values of [`Backend::state`].

@@ -104,7 +104,7 @@ fn translate<const V6: bool>(ctx: &SockAddrContext, l4: u8) -> i32 {
     // SAFETY: the kernel hands every cgroup sock_addr program a valid bpf_sock_addr.
     let sa = unsafe { &mut *ctx.sock_addr };
     let (daddr, dport) = destination::<V6>(sa);
-    let frontend = ServiceKey::new(daddr, dport, l4, scope::EXTERNAL, 0);
+    let frontend = ServiceKey::new(daddr, dport, l4, scope::INTERNAL, 0);
     // SAFETY: plain helper calls on the program's own context.
     let (random, client) = unsafe {
         (

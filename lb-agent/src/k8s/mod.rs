@@ -1,5 +1,7 @@
 //! Kubernetes objects in, desired datapath state out.
 
+pub mod cidr;
+pub mod endpoints;
 pub mod model;
 pub mod translate;
 

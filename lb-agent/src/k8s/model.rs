@@ -56,7 +56,67 @@ impl fmt::Display for Protocol {
 /// Which kind of Service address a frontend is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum FrontendKind {
+    /// `spec.clusterIP(s)` on a Service port.
     ClusterIp,
+    /// A node address (or 127.0.0.1) on a Service port's `nodePort`.
+    NodePort,
+    /// `status.loadBalancer.ingress[].ip` on a Service port.
+    LoadBalancer,
+    /// One of `spec.externalIPs` on a Service port.
+    ExternalIp,
+}
+
+impl FrontendKind {
+    pub fn flag(self) -> u16 {
+        use lb_common::service_flags as f;
+        match self {
+            FrontendKind::ClusterIp => f::CLUSTER_IP,
+            FrontendKind::NodePort => f::NODE_PORT,
+            FrontendKind::LoadBalancer => f::LOAD_BALANCER,
+            FrontendKind::ExternalIp => f::EXTERNAL_IP,
+        }
+    }
+}
+
+/// How a frontend's backends were chosen from the Service's endpoints, as kube-proxy would.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Selection {
+    /// Only this node's endpoints (`internalTrafficPolicy`/`externalTrafficPolicy: Local`).
+    pub local_only: bool,
+    /// Narrowed by topology hints.
+    pub topology: Topology,
+    /// No endpoint was ready, so serving and terminating ones are used (KEP-1669).
+    pub terminating_fallback: bool,
+}
+
+/// Which topology hints narrowed a backend set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub enum Topology {
+    #[default]
+    None,
+    /// Endpoints hinted for this node's zone (`forZones`, `PreferClose`/`PreferSameZone`).
+    Zone,
+    /// Endpoints hinted for this node (`forNodes`, `PreferSameNode`).
+    Node,
+}
+
+impl Selection {
+    pub fn flags(&self) -> u16 {
+        use lb_common::service_flags as f;
+        let mut flags = 0;
+        if self.local_only {
+            flags |= f::LOCAL_ONLY;
+        }
+        flags |= match self.topology {
+            Topology::None => 0,
+            Topology::Zone => f::TOPOLOGY_ZONE,
+            Topology::Node => f::TOPOLOGY_NODE,
+        };
+        if self.terminating_fallback {
+            flags |= f::TERMINATING_FALLBACK;
+        }
+        flags
+    }
 }
 
 /// One address:port:protocol that connections are aimed at.
@@ -106,6 +166,8 @@ pub struct FrontendEntry {
     pub backends: BTreeSet<BackendAddr>,
     /// Session affinity timeout in seconds; 0 for none.
     pub affinity_timeout: u32,
+    /// How `backends` were chosen.
+    pub selection: Selection,
 }
 
 /// Everything the maps should hold.

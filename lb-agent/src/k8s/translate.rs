@@ -4,24 +4,36 @@
 //! Rules applied here:
 //! - only Services with a cluster IP are proxied; headless (`clusterIP: None`), ExternalName
 //!   and Services labelled with `service.kubernetes.io/service-proxy-name` are left alone;
+//! - every Service port gets a frontend on each cluster IP, on each node address for its
+//!   `nodePort` (NodePort and LoadBalancer Services, and 127.0.0.1 for IPv4), on each
+//!   `status.loadBalancer.ingress[].ip` (unless its `ipMode` is `Proxy`) and on each of
+//!   `spec.externalIPs` (only inside `--external-ip-cidrs` when that is set);
 //! - each Service port is matched to the EndpointSlice port with the same name and protocol
 //!   (the slice carries the resolved number, so a named `targetPort` works);
-//! - an endpoint is used unless its `ready` condition is false; when a port has no ready
-//!   endpoint, endpoints that are `serving` and `terminating` are used instead (KEP-1669), and
-//!   never ones that are not serving;
-//! - `internalTrafficPolicy: Local` keeps only endpoints on this node (`nodeName`); with none,
-//!   the Service rejects connections, as kube-proxy drops them;
+//! - endpoints are chosen as kube-proxy chooses them (see [`super::endpoints`]): ready ones,
+//!   narrowed by topology hints, else serving and terminating ones;
+//! - every frontend has an entry in the internal scope (sockets on this node): a ClusterIP
+//!   follows `internalTrafficPolicy`, the other kinds use cluster-wide endpoints, since
+//!   kube-proxy short-circuits traffic from the node and its pods to them. NodePort,
+//!   LoadBalancer and external IP frontends also get an external-scope entry (traffic from
+//!   outside the node) following `externalTrafficPolicy`;
+//! - SCTP ports are skipped with a problem: this datapath does not translate SCTP;
 //! - anything malformed is reported as a [`Problem`] and skipped; the rest still applies.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use k8s_openapi::api::core::v1::ServicePort;
+use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::model::{BackendAddr, DesiredState, Frontend, FrontendEntry, FrontendKind, Protocol};
+use super::cidr::Cidr;
+use super::endpoints::{self, Endpoint, Place};
+use super::model::{
+    BackendAddr, DesiredState, Frontend, FrontendEntry, FrontendKind, Protocol, Selection,
+};
 use super::{SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, Service, Snapshot};
+use lb_common::scope;
 
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (the API's default).
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
@@ -44,6 +56,13 @@ pub enum ProblemReason {
     InvalidEndpointAddress,
     InvalidEndpointPort,
     LocalPolicyWithoutNodeName,
+    InvalidNodePort,
+    InvalidLoadBalancerIp,
+    InvalidExternalIp,
+    /// An external IP outside `--external-ip-cidrs` (CVE-2020-8554).
+    ExternalIpNotAllowed,
+    /// SCTP ports are recognised but not translated.
+    SctpNotTranslated,
 }
 
 impl ProblemReason {
@@ -56,7 +75,21 @@ impl ProblemReason {
             ProblemReason::InvalidEndpointAddress => "invalid_endpoint_address",
             ProblemReason::InvalidEndpointPort => "invalid_endpoint_port",
             ProblemReason::LocalPolicyWithoutNodeName => "local_policy_without_node_name",
+            ProblemReason::InvalidNodePort => "invalid_node_port",
+            ProblemReason::InvalidLoadBalancerIp => "invalid_load_balancer_ip",
+            ProblemReason::InvalidExternalIp => "invalid_external_ip",
+            ProblemReason::ExternalIpNotAllowed => "external_ip_not_allowed",
+            ProblemReason::SctpNotTranslated => "sctp_not_translated",
         }
+    }
+
+    /// Whether the input is valid but deliberately not programmed (a policy or an unsupported
+    /// feature), rather than malformed.
+    pub fn is_refusal(self) -> bool {
+        matches!(
+            self,
+            ProblemReason::ExternalIpNotAllowed | ProblemReason::SctpNotTranslated
+        )
     }
 }
 
@@ -89,10 +122,25 @@ pub enum Skip {
 }
 
 /// What translation needs to know about the node the agent runs on.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeContext {
-    /// This node's name (`spec.nodeName` of local endpoints).
+    /// This node's name (`nodeName` of local endpoints, `forNodes` hints).
     pub node_name: Option<String>,
+    /// This node's zone (`forZones` hints).
+    pub zone: Option<String>,
+    /// Addresses NodePorts answer on (127.0.0.1 is added for IPv4 Services).
+    pub node_ips: Vec<IpAddr>,
+    /// When set, `externalIPs` outside these ranges are refused (CVE-2020-8554).
+    pub external_ip_cidrs: Option<Vec<Cidr>>,
+}
+
+impl NodeContext {
+    fn place(&self) -> Place<'_> {
+        Place {
+            node: self.node_name.as_deref(),
+            zone: self.zone.as_deref(),
+        }
+    }
 }
 
 /// Translates a whole snapshot for a node whose name is unknown.
@@ -159,6 +207,42 @@ pub fn skip_reason(svc: &Service) -> Option<Skip> {
     }
 }
 
+/// One Service's translation in progress: its identity, its problems and its frontends.
+struct ServiceTranslation<'a> {
+    object: String,
+    spec: &'a ServiceSpec,
+    node: &'a NodeContext,
+    problems: Vec<Problem>,
+    frontends: Vec<(Frontend, FrontendEntry)>,
+}
+
+impl ServiceTranslation<'_> {
+    fn problem(&mut self, reason: ProblemReason, detail: String) {
+        self.problems.push(Problem {
+            object: self.object.clone(),
+            reason,
+            detail,
+        });
+    }
+
+    /// Parses a list of addresses, reporting the ones that do not parse.
+    fn addresses<'s>(
+        &mut self,
+        strings: impl IntoIterator<Item = &'s str>,
+        what: &str,
+        reason: ProblemReason,
+    ) -> Vec<IpAddr> {
+        let mut ips = Vec::new();
+        for s in strings {
+            match s.parse::<IpAddr>() {
+                Ok(ip) => ips.push(ip),
+                Err(e) => self.problem(reason, format!("{what} {s:?}: {e}")),
+            }
+        }
+        ips
+    }
+}
+
 fn translate_service(
     svc: &Service,
     slices: &SliceIndex<'_>,
@@ -178,20 +262,18 @@ fn translate_service(
         });
         return;
     };
-    let object = format!("{ns}/{name}");
-    if svc.spec.is_none() || skip_reason(svc).is_some() {
+    if skip_reason(svc).is_some() {
         return;
     }
     let Some(spec) = svc.spec.as_ref() else {
         return;
     };
-
-    let mut problem = |reason, detail: String| {
-        out.problems.push(Problem {
-            object: object.clone(),
-            reason,
-            detail,
-        })
+    let mut t = ServiceTranslation {
+        object: format!("{ns}/{name}"),
+        spec,
+        node,
+        problems: Vec::new(),
+        frontends: Vec::new(),
     };
 
     // clusterIPs is authoritative when present (dual-stack); clusterIP otherwise.
@@ -199,102 +281,228 @@ fn translate_service(
         Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
         _ => spec.cluster_ip.as_deref().into_iter().collect(),
     };
-    let mut ips = Vec::new();
-    for s in ip_strings {
-        match s.parse::<IpAddr>() {
-            Ok(ip) => ips.push(ip),
-            Err(e) => problem(
-                ProblemReason::InvalidClusterIp,
-                format!("clusterIP {s:?}: {e}"),
-            ),
-        }
+    let cluster_ips = t.addresses(ip_strings, "clusterIP", ProblemReason::InvalidClusterIp);
+    let extra = extra_addresses(&mut t, svc, &cluster_ips);
+
+    if spec.internal_traffic_policy.as_deref() == Some("Local") && node.node_name.is_none() {
+        t.problem(
+            ProblemReason::LocalPolicyWithoutNodeName,
+            "internalTrafficPolicy: Local but the agent has no --node-name".into(),
+        );
     }
-
-    // internalTrafficPolicy: Local -> only this node's endpoints (an unknown node name matches
-    // none, so the Service rejects rather than silently using remote endpoints).
-    let local_node = if spec.internal_traffic_policy.as_deref() == Some("Local") {
-        if node.node_name.is_none() {
-            problem(
-                ProblemReason::LocalPolicyWithoutNodeName,
-                "internalTrafficPolicy: Local but the agent has no --node-name".into(),
-            );
-        }
-        Some(node.node_name.as_deref().unwrap_or(""))
-    } else {
-        None
-    };
-
-    // sessionAffinity: ClientIP, with the API's default timeout of 3 hours.
-    let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
-        spec.session_affinity_config
-            .as_ref()
-            .and_then(|c| c.client_ip.as_ref())
-            .and_then(|c| c.timeout_seconds)
-            .and_then(|t| u32::try_from(t).ok())
-            .filter(|&t| t > 0)
-            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
-    } else {
-        0
-    };
-
     let own_slices = slices
-        .get(&(ns.clone(), name.clone()))
+        .get(&(ns, name))
         .map(Vec::as_slice)
         .unwrap_or_default();
 
-    let mut frontends = Vec::new();
     for port in spec.ports.iter().flatten() {
-        let Some(proto) = Protocol::from_k8s(port.protocol.as_deref()) else {
-            problem(
-                ProblemReason::UnsupportedProtocol,
-                format!("port {:?}: protocol {:?}", port.name, port.protocol),
-            );
-            continue;
-        };
-        let Some(number) = valid_port(port.port) else {
-            problem(ProblemReason::InvalidPort, format!("port {}", port.port));
-            continue;
-        };
-        for &ip in &ips {
-            let backends = backends_for(port, proto, ip, own_slices, local_node, &mut problem);
-            frontends.push((
-                Frontend {
-                    addr: ip,
-                    port: number,
-                    proto,
-                    scope: lb_common::scope::EXTERNAL,
-                },
-                FrontendEntry {
-                    service: object.clone(),
-                    port_name: port.name.clone().unwrap_or_default(),
-                    kind: FrontendKind::ClusterIp,
-                    backends,
-                    affinity_timeout,
-                },
-            ));
+        translate_port(&mut t, port, &cluster_ips, &extra, own_slices);
+    }
+    out.problems.append(&mut t.problems);
+    out.desired.frontends.extend(t.frontends);
+}
+
+/// Addresses of a Service besides its cluster IPs, with their kind: LoadBalancer ingress IPs
+/// and external IPs. Only addresses of a family the Service has are kept (its endpoints are of
+/// those families).
+fn extra_addresses(
+    t: &mut ServiceTranslation<'_>,
+    svc: &Service,
+    cluster_ips: &[IpAddr],
+) -> Vec<(FrontendKind, IpAddr)> {
+    let spec = t.spec;
+    let mut out = Vec::new();
+    if spec.type_.as_deref() == Some("LoadBalancer") {
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref());
+        // ipMode Proxy: the load balancer proxies to the nodes itself, so its address must not
+        // be short-circuited on the node (KEP-1860).
+        let strings: Vec<&str> = ingress
+            .into_iter()
+            .flatten()
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+            .filter_map(|i| i.ip.as_deref())
+            .collect();
+        for ip in t.addresses(
+            strings,
+            "loadBalancer ingress IP",
+            ProblemReason::InvalidLoadBalancerIp,
+        ) {
+            out.push((FrontendKind::LoadBalancer, ip));
         }
     }
-    out.desired.frontends.extend(frontends);
+    let strings: Vec<&str> = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    for ip in t.addresses(strings, "externalIP", ProblemReason::InvalidExternalIp) {
+        if let Some(allowed) = &t.node.external_ip_cidrs
+            && !allowed.iter().any(|c| c.contains(ip))
+        {
+            t.problem(
+                ProblemReason::ExternalIpNotAllowed,
+                format!("externalIP {ip} is outside --external-ip-cidrs: not programmed"),
+            );
+            continue;
+        }
+        out.push((FrontendKind::ExternalIp, ip));
+    }
+    out.retain(|(_, ip)| cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4()));
+    out
+}
+
+fn translate_port(
+    t: &mut ServiceTranslation<'_>,
+    port: &ServicePort,
+    cluster_ips: &[IpAddr],
+    extra: &[(FrontendKind, IpAddr)],
+    slices: &[&EndpointSlice],
+) {
+    let spec = t.spec;
+    let Some(proto) = Protocol::from_k8s(port.protocol.as_deref()) else {
+        t.problem(
+            ProblemReason::UnsupportedProtocol,
+            format!("port {:?}: protocol {:?}", port.name, port.protocol),
+        );
+        return;
+    };
+    if proto == Protocol::Sctp {
+        t.problem(
+            ProblemReason::SctpNotTranslated,
+            format!(
+                "port {:?} ({}/SCTP): SCTP is not translated by the socket datapath; use a ClusterIP-aware SCTP proxy or pod IPs",
+                port.name, port.port
+            ),
+        );
+        return;
+    }
+    let Some(number) = valid_port(port.port) else {
+        t.problem(ProblemReason::InvalidPort, format!("port {}", port.port));
+        return;
+    };
+    // A nodePort left on a Service that is no longer NodePort or LoadBalancer is not served.
+    let serves_node_ports = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+    let node_port = match port.node_port.filter(|&p| p != 0 && serves_node_ports) {
+        None => None,
+        Some(p) => {
+            let valid = valid_port(p);
+            if valid.is_none() {
+                t.problem(ProblemReason::InvalidNodePort, format!("nodePort {p}"));
+            }
+            valid
+        }
+    };
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let affinity_timeout = affinity_timeout(spec);
+    let port_name = port.name.clone().unwrap_or_default();
+
+    for family_v4 in [true, false] {
+        let family_ips = |ips: &mut dyn Iterator<Item = IpAddr>| -> Vec<IpAddr> {
+            ips.filter(|ip| ip.is_ipv4() == family_v4).collect()
+        };
+        let cips = family_ips(&mut cluster_ips.iter().copied());
+        if cips.is_empty() {
+            continue;
+        }
+        let eps = gather_endpoints(t, port, proto, family_v4, slices);
+        let place = t.node.place();
+        let cluster = endpoints::cluster(&eps, place);
+        let local = endpoints::local(&eps);
+        let internal_cluster_ip = if internal_local { &local } else { &cluster };
+        let external = if external_local { &local } else { &cluster };
+
+        let mut add = |kind: FrontendKind,
+                       addr: IpAddr,
+                       port: u16,
+                       sc: u8,
+                       chosen: &(BTreeSet<BackendAddr>, Selection)| {
+            t.frontends.push((
+                Frontend {
+                    addr,
+                    port,
+                    proto,
+                    scope: sc,
+                },
+                FrontendEntry {
+                    service: t.object.clone(),
+                    port_name: port_name.clone(),
+                    kind,
+                    backends: chosen.0.clone(),
+                    affinity_timeout,
+                    selection: chosen.1,
+                },
+            ));
+        };
+        for &ip in &cips {
+            add(
+                FrontendKind::ClusterIp,
+                ip,
+                number,
+                scope::INTERNAL,
+                internal_cluster_ip,
+            );
+        }
+        for &(kind, ip) in extra.iter().filter(|(_, ip)| ip.is_ipv4() == family_v4) {
+            add(kind, ip, number, scope::INTERNAL, &cluster);
+            add(kind, ip, number, scope::EXTERNAL, external);
+        }
+        if let Some(np) = node_port {
+            let mut node_ips: Vec<IpAddr> = family_ips(&mut t.node.node_ips.iter().copied());
+            node_ips.sort();
+            node_ips.dedup();
+            for &ip in &node_ips {
+                add(FrontendKind::NodePort, ip, np, scope::INTERNAL, &cluster);
+                add(FrontendKind::NodePort, ip, np, scope::EXTERNAL, external);
+            }
+            // kube-proxy (iptables mode) also serves IPv4 NodePorts on localhost, for clients
+            // on the node only.
+            let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+            if family_v4 && !node_ips.contains(&lo) {
+                add(FrontendKind::NodePort, lo, np, scope::INTERNAL, &cluster);
+            }
+        }
+    }
+}
+
+/// sessionAffinity: ClientIP, with the API's default timeout of 3 hours; 0 for none.
+fn affinity_timeout(spec: &ServiceSpec) -> u32 {
+    if spec.session_affinity.as_deref() != Some("ClientIP") {
+        return 0;
+    }
+    spec.session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds)
+        .and_then(|t| u32::try_from(t).ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
 }
 
 fn valid_port(p: i32) -> Option<u16> {
     u16::try_from(p).ok().filter(|&p| p != 0)
 }
 
-/// Usable backends of one Service port in one address family.
-fn backends_for(
+/// Every endpoint address of one Service port in one address family, with its conditions,
+/// locality and topology hints.
+fn gather_endpoints(
+    t: &mut ServiceTranslation<'_>,
     port: &ServicePort,
     proto: Protocol,
-    family_of: IpAddr,
+    family_v4: bool,
     slices: &[&EndpointSlice],
-    local_node: Option<&str>,
-    problem: &mut impl FnMut(ProblemReason, String),
-) -> BTreeSet<BackendAddr> {
+) -> Vec<Endpoint> {
     let want_name = port.name.as_deref().unwrap_or("");
-    let want_type = if family_of.is_ipv4() { "IPv4" } else { "IPv6" };
-    let mut ready_set = BTreeSet::new();
-    let mut terminating_set = BTreeSet::new();
+    let want_type = if family_v4 { "IPv4" } else { "IPv6" };
+    let distribution = t.spec.traffic_distribution.as_deref();
+    let mut out = Vec::new();
     for slice in slices.iter().filter(|s| s.address_type == want_type) {
+        let slice_name = slice.metadata.name.as_deref().unwrap_or("?");
         let slice_port = slice.ports.iter().flatten().find(|p| {
             p.name.as_deref().unwrap_or("") == want_name
                 && Protocol::from_k8s(p.protocol.as_deref()) == Some(proto)
@@ -303,56 +511,77 @@ fn backends_for(
             continue;
         };
         let Some(number) = slice_port.port.and_then(valid_port) else {
-            problem(
+            t.problem(
                 ProblemReason::InvalidEndpointPort,
-                format!(
-                    "EndpointSlice {}: port {want_name:?} has no valid number",
-                    slice.metadata.name.as_deref().unwrap_or("?")
-                ),
+                format!("EndpointSlice {slice_name}: port {want_name:?} has no valid number"),
             );
             continue;
         };
         for ep in slice.endpoints.iter().flatten() {
-            if local_node.is_some_and(|n| ep.node_name.as_deref() != Some(n)) {
-                continue;
-            }
             // The API's defaults: ready unset means ready, serving unset means "as ready",
             // terminating unset means not terminating.
             let c = ep.conditions.as_ref();
             let ready = c.and_then(|c| c.ready).unwrap_or(true);
             let serving = c.and_then(|c| c.serving).unwrap_or(ready);
             let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-            let backends = if ready {
-                &mut ready_set
-            } else if serving && terminating {
-                &mut terminating_set
-            } else {
-                continue;
-            };
+            let local = t
+                .node
+                .node_name
+                .as_deref()
+                .is_some_and(|n| ep.node_name.as_deref() == Some(n));
+            let (zone_hints, node_hints) = hints(ep, distribution);
             for a in &ep.addresses {
                 match a.parse::<IpAddr>() {
-                    Ok(addr) if addr.is_ipv4() == family_of.is_ipv4() => {
-                        backends.insert(BackendAddr {
+                    Ok(addr) if addr.is_ipv4() == family_v4 => out.push(Endpoint {
+                        backend: BackendAddr {
                             addr,
                             port: number,
                             proto,
-                        });
-                    }
-                    Ok(_) | Err(_) => problem(
+                        },
+                        ready,
+                        serving,
+                        terminating,
+                        local,
+                        zone_hints: zone_hints.clone(),
+                        node_hints: node_hints.clone(),
+                    }),
+                    Ok(_) | Err(_) => t.problem(
                         ProblemReason::InvalidEndpointAddress,
-                        format!(
-                            "EndpointSlice {}: address {a:?} is not {want_type}",
-                            slice.metadata.name.as_deref().unwrap_or("?")
-                        ),
+                        format!("EndpointSlice {slice_name}: address {a:?} is not {want_type}"),
                     ),
                 }
             }
         }
     }
-    if ready_set.is_empty() {
-        terminating_set
-    } else {
-        ready_set
+    out
+}
+
+/// An endpoint's topology hints: the slice's own, or, for a Service with `trafficDistribution`
+/// and an endpoint without any hints, the ones the EndpointSlice controller would write.
+fn hints(
+    ep: &k8s_openapi::api::discovery::v1::Endpoint,
+    distribution: Option<&str>,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    if let Some(h) = &ep.hints {
+        let zones = h
+            .for_zones
+            .iter()
+            .flatten()
+            .map(|z| z.name.clone())
+            .collect();
+        let nodes = h
+            .for_nodes
+            .iter()
+            .flatten()
+            .map(|n| n.name.clone())
+            .collect();
+        return (zones, nodes);
+    }
+    let zone = || ep.zone.iter().cloned().collect();
+    match distribution {
+        Some("PreferClose" | "PreferSameZone") => (zone(), BTreeSet::new()),
+        Some("PreferSameNode") => (zone(), ep.node_name.iter().cloned().collect()),
+        _ => (BTreeSet::new(), BTreeSet::new()),
     }
 }
 
@@ -395,7 +624,7 @@ mod tests {
             addr: ip.parse().unwrap(),
             port,
             proto: Protocol::Tcp,
-            scope: 0,
+            scope: lb_common::scope::INTERNAL,
         }
     }
 
@@ -489,6 +718,7 @@ mod tests {
         };
         let node = |n: &str| NodeContext {
             node_name: Some(n.into()),
+            ..Default::default()
         };
         let t = translate_for(&snap, &node("node-b"));
         assert_eq!(
@@ -685,5 +915,295 @@ mod tests {
             let got: BTreeSet<String> = backend_ips(&t, &frontend("10.96.0.20", 80)).into_iter().collect();
             prop_assert_eq!(got, expected);
         }
+    }
+
+    fn front(ip: &str, port: u16, scope: u8) -> Frontend {
+        Frontend {
+            addr: ip.parse().unwrap(),
+            port,
+            proto: Protocol::Tcp,
+            scope,
+        }
+    }
+
+    fn node_b() -> NodeContext {
+        NodeContext {
+            node_name: Some("node-b".into()),
+            zone: Some("zone-b".into()),
+            node_ips: vec!["192.168.0.5".parse().unwrap(), "fd00::5".parse().unwrap()],
+            external_ip_cidrs: None,
+        }
+    }
+
+    /// web with endpoints on node-a (10.244.1.2) and node-b (10.244.2.2).
+    fn exposed(spec: serde_json::Value, status: serde_json::Value) -> Snapshot {
+        let mut s = json!({"clusterIP": "10.96.0.20", "ports": [
+            {"name": "http", "port": 80, "nodePort": 30080}]});
+        s.as_object_mut()
+            .unwrap()
+            .extend(spec.as_object().unwrap().clone());
+        Snapshot {
+            services: vec![svc(json!({
+                "metadata": {"name": "web", "namespace": "shop"},
+                "spec": s, "status": status}))],
+            slices: vec![web_slice(json!([
+                {"addresses": ["10.244.1.2"], "nodeName": "node-a"},
+                {"addresses": ["10.244.2.2"], "nodeName": "node-b"}
+            ]))],
+        }
+    }
+
+    const BOTH: [&str; 2] = ["10.244.1.2:8080", "10.244.2.2:8080"];
+    const LOCAL: [&str; 1] = ["10.244.2.2:8080"];
+
+    #[test]
+    fn node_port_answers_on_every_node_address_and_localhost() {
+        let t = translate_for(&exposed(json!({"type": "NodePort"}), json!({})), &node_b());
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        for ip in ["192.168.0.5", "127.0.0.1"] {
+            let f = front(ip, 30080, scope::INTERNAL);
+            assert_eq!(backend_ips(&t, &f), BOTH, "{ip}");
+            assert_eq!(t.desired.frontends[&f].kind, FrontendKind::NodePort);
+        }
+        // Traffic from outside arrives on node addresses, never on loopback.
+        assert_eq!(
+            backend_ips(&t, &front("192.168.0.5", 30080, scope::EXTERNAL)),
+            BOTH
+        );
+        assert!(
+            !t.desired
+                .frontends
+                .contains_key(&front("127.0.0.1", 30080, scope::EXTERNAL))
+        );
+        // An IPv4-only Service gets no NodePort on the node's IPv6 address.
+        assert!(
+            !t.desired
+                .frontends
+                .keys()
+                .any(|f| f.addr == "fd00::5".parse::<IpAddr>().unwrap())
+        );
+        // The ClusterIP is still there; a ClusterIP Service gets no NodePort.
+        assert_eq!(
+            backend_ips(&t, &front("10.96.0.20", 80, scope::INTERNAL)),
+            BOTH
+        );
+        let t = translate_for(&exposed(json!({"type": "ClusterIP"}), json!({})), &node_b());
+        assert!(
+            !t.desired
+                .frontends
+                .values()
+                .any(|e| e.kind == FrontendKind::NodePort)
+        );
+    }
+
+    #[test]
+    fn load_balancer_ingress_ips_and_their_node_ports() {
+        let status = json!({"loadBalancer": {"ingress": [
+            {"ip": "203.0.113.10"}, {"ip": "203.0.113.11", "ipMode": "Proxy"},
+            {"hostname": "lb.example.com"}, {"ip": "not-an-ip"}]}});
+        let t = translate_for(
+            &exposed(json!({"type": "LoadBalancer"}), status.clone()),
+            &node_b(),
+        );
+        let lb = front("203.0.113.10", 80, scope::INTERNAL);
+        assert_eq!(backend_ips(&t, &lb), BOTH);
+        assert_eq!(t.desired.frontends[&lb].kind, FrontendKind::LoadBalancer);
+        assert_eq!(
+            backend_ips(&t, &front("203.0.113.10", 80, scope::EXTERNAL)),
+            BOTH
+        );
+        assert!(
+            !t.desired
+                .frontends
+                .contains_key(&front("203.0.113.11", 80, scope::INTERNAL)),
+            "ipMode Proxy is not short-circuited"
+        );
+        assert_eq!(
+            backend_ips(&t, &front("192.168.0.5", 30080, scope::INTERNAL)),
+            BOTH
+        );
+        assert_eq!(
+            t.problems.iter().map(|p| p.reason).collect::<Vec<_>>(),
+            [ProblemReason::InvalidLoadBalancerIp]
+        );
+        // allocateLoadBalancerNodePorts: false and no nodePort: only the LB address.
+        let mut snap = exposed(
+            json!({"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false,
+                   "ports": [{"name": "http", "port": 80}]}),
+            status,
+        );
+        let t = translate_for(&snap, &node_b());
+        assert!(
+            !t.desired
+                .frontends
+                .values()
+                .any(|e| e.kind == FrontendKind::NodePort)
+        );
+        assert_eq!(backend_ips(&t, &lb), BOTH);
+        snap.services[0].status = None;
+        let t = translate_for(&snap, &node_b());
+        assert!(!t.desired.frontends.contains_key(&lb));
+    }
+
+    #[test]
+    fn external_ips_and_the_guard() {
+        let spec = json!({"externalIPs": ["198.51.100.7", "203.0.113.9", "bogus"]});
+        let t = translate_for(&exposed(spec.clone(), json!({})), &node_b());
+        for ip in ["198.51.100.7", "203.0.113.9"] {
+            let f = front(ip, 80, scope::INTERNAL);
+            assert_eq!(backend_ips(&t, &f), BOTH);
+            assert_eq!(t.desired.frontends[&f].kind, FrontendKind::ExternalIp);
+        }
+        assert_eq!(t.problems[0].reason, ProblemReason::InvalidExternalIp);
+
+        let guarded = NodeContext {
+            external_ip_cidrs: Some(vec!["198.51.100.0/24".parse().unwrap()]),
+            ..node_b()
+        };
+        let t = translate_for(&exposed(spec, json!({})), &guarded);
+        assert!(
+            t.desired
+                .frontends
+                .contains_key(&front("198.51.100.7", 80, scope::EXTERNAL))
+        );
+        assert!(
+            !t.desired
+                .frontends
+                .keys()
+                .any(|f| f.addr == "203.0.113.9".parse::<IpAddr>().unwrap())
+        );
+        let refused: Vec<_> = t
+            .problems
+            .iter()
+            .filter(|p| p.reason == ProblemReason::ExternalIpNotAllowed)
+            .collect();
+        assert_eq!(refused.len(), 1, "{:?}", t.problems);
+        assert!(refused[0].detail.contains("203.0.113.9"));
+        assert!(refused[0].reason.is_refusal());
+    }
+
+    #[test]
+    fn external_traffic_policy_local_applies_to_outside_traffic_only() {
+        let t = translate_for(
+            &exposed(
+                json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                       "externalIPs": ["198.51.100.7"]}),
+                json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.10"}]}}),
+            ),
+            &node_b(),
+        );
+        for ip in ["192.168.0.5", "203.0.113.10", "198.51.100.7"] {
+            let port = if ip == "192.168.0.5" { 30080 } else { 80 };
+            let ext = &t.desired.frontends[&front(ip, port, scope::EXTERNAL)];
+            assert_eq!(backend_ips(&t, &front(ip, port, scope::EXTERNAL)), LOCAL);
+            assert!(ext.selection.local_only);
+            // From the node and its pods: every endpoint, as kube-proxy short-circuits.
+            assert_eq!(backend_ips(&t, &front(ip, port, scope::INTERNAL)), BOTH);
+        }
+        assert_eq!(
+            backend_ips(&t, &front("10.96.0.20", 80, scope::INTERNAL)),
+            BOTH
+        );
+    }
+
+    #[test]
+    fn topology_hints_and_prefer_close() {
+        let slice_with = |eps: serde_json::Value| web_slice(eps);
+        let hinted = json!([
+            {"addresses": ["10.244.1.2"], "zone": "zone-a", "hints": {"forZones": [{"name": "zone-a"}]}},
+            {"addresses": ["10.244.2.2"], "zone": "zone-b", "hints": {"forZones": [{"name": "zone-b"}]}},
+            {"addresses": ["10.244.3.2"], "zone": "zone-b", "hints": {"forZones": [{"name": "zone-b"}]}}
+        ]);
+        let snap = Snapshot {
+            services: vec![web_service()],
+            slices: vec![slice_with(hinted)],
+        };
+        let t = translate_for(&snap, &node_b());
+        let f = frontend("10.96.0.20", 80);
+        assert_eq!(backend_ips(&t, &f), ["10.244.2.2:8080", "10.244.3.2:8080"]);
+        assert_eq!(
+            t.desired.frontends[&f].selection.topology,
+            crate::k8s::model::Topology::Zone
+        );
+        // A node in a zone no endpoint is hinted for, or of unknown zone: every endpoint.
+        let elsewhere = NodeContext {
+            zone: Some("zone-z".into()),
+            ..node_b()
+        };
+        assert_eq!(backend_ips(&translate_for(&snap, &elsewhere), &f).len(), 3);
+
+        // trafficDistribution: PreferClose without hints: the endpoints' own zones.
+        let zoned = json!([
+            {"addresses": ["10.244.1.2"], "zone": "zone-a"},
+            {"addresses": ["10.244.2.2"], "zone": "zone-b"}
+        ]);
+        let mut svc = web_service();
+        svc.spec.as_mut().unwrap().traffic_distribution = Some("PreferClose".into());
+        let snap = Snapshot {
+            services: vec![svc.clone()],
+            slices: vec![slice_with(zoned.clone())],
+        };
+        assert_eq!(
+            backend_ips(&translate_for(&snap, &node_b()), &f),
+            ["10.244.2.2:8080"]
+        );
+        // Without trafficDistribution zones alone change nothing.
+        let plain = Snapshot {
+            services: vec![web_service()],
+            slices: vec![slice_with(zoned)],
+        };
+        assert_eq!(backend_ips(&translate_for(&plain, &node_b()), &f).len(), 2);
+        // One endpoint without a zone: hints cannot be used, every endpoint.
+        let partial = json!([
+            {"addresses": ["10.244.1.2"], "zone": "zone-a"},
+            {"addresses": ["10.244.2.2"], "zone": "zone-b"},
+            {"addresses": ["10.244.3.2"]}
+        ]);
+        let snap = Snapshot {
+            services: vec![svc],
+            slices: vec![slice_with(partial)],
+        };
+        assert_eq!(backend_ips(&translate_for(&snap, &node_b()), &f).len(), 3);
+    }
+
+    #[test]
+    fn sctp_ports_are_skipped_with_a_problem_and_the_rest_applies() {
+        let s = svc(json!({"metadata": {"name": "sig", "namespace": "tel"},
+            "spec": {"clusterIP": "10.96.0.30", "ports": [
+                {"name": "sctp", "port": 3868, "protocol": "SCTP"},
+                {"name": "tcp", "port": 3868, "protocol": "TCP"}]}}));
+        let t = translate(&Snapshot {
+            services: vec![s],
+            slices: vec![],
+        });
+        assert_eq!(t.desired.frontends.len(), 1);
+        assert!(t.desired.frontends.keys().all(|f| f.proto == Protocol::Tcp));
+        assert_eq!(t.problems.len(), 1);
+        assert_eq!(t.problems[0].reason, ProblemReason::SctpNotTranslated);
+        assert!(t.problems[0].reason.is_refusal());
+    }
+
+    #[test]
+    fn dual_stack_node_ports_use_each_familys_node_addresses() {
+        let mut snap = exposed(
+            json!({"type": "NodePort", "clusterIPs": ["10.96.0.20", "fd00:96::20"],
+            "ipFamilies": ["IPv4", "IPv6"]}),
+            json!({}),
+        );
+        snap.slices.push(slice(json!({
+            "metadata": {"name": "web-v6", "namespace": "shop",
+                          "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv6",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["fd00:244:1::2"]}]})));
+        let t = translate_for(&snap, &node_b());
+        assert_eq!(
+            backend_ips(&t, &front("fd00::5", 30080, scope::INTERNAL)),
+            ["[fd00:244:1::2]:8080"]
+        );
+        assert_eq!(
+            backend_ips(&t, &front("192.168.0.5", 30080, scope::INTERNAL)),
+            BOTH
+        );
     }
 }

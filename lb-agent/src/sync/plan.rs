@@ -20,10 +20,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lb_common::{Backend, RevNat, ServiceKey, ServiceValue, backend_state, service_flags};
+use lb_common::{Backend, RevNat, ServiceKey, ServiceValue, backend_state};
 
 use super::map_state::{MapState, Op, addr_to_map};
-use crate::k8s::model::{BackendAddr, DesiredState, Frontend, FrontendKind};
+use crate::k8s::model::{BackendAddr, DesiredState, Frontend};
 
 /// How many entries each map holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,17 +128,23 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
     // leaking to the VIP.
     let mut service_entries = 0u32;
     let mut placed = Vec::new();
+    // Frontends that share an address and port (TCP and UDP, the internal and external scope)
+    // share one reverse-NAT entry.
+    let mut assigned_rev: BTreeMap<RevNat, u32> = BTreeMap::new();
     for (frontend, entry) in &desired.frontends {
         let rev = RevNat {
             addr: addr_to_map(frontend.addr),
             port: frontend.port,
             _pad: 0,
         };
-        let rev_id = match rev_nat_ids.get(&rev) {
+        let rev_id = match assigned_rev.get(&rev).or_else(|| rev_nat_ids.get(&rev)) {
             Some(id) => Some(*id),
             None if (target.rev_nat.len() as u32) < cap.rev_nat => rev_nat_alloc.allocate(),
             None => None,
         };
+        if let Some(id) = rev_id {
+            assigned_rev.insert(rev, id);
+        }
         if service_entries >= cap.services || rev_id.is_none() {
             overflows.push(Overflow {
                 frontend: *frontend,
@@ -214,9 +220,7 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
             slots.push(id);
             service_entries += 1;
         }
-        let flags = match entry.kind {
-            FrontendKind::ClusterIp => service_flags::CLUSTER_IP,
-        };
+        let flags = entry.kind.flag() | entry.selection.flags();
         target.services.insert(
             service_key(frontend, 0),
             ServiceValue {
@@ -312,7 +316,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::k8s::model::{FrontendEntry, Protocol};
+    use crate::k8s::model::{FrontendEntry, FrontendKind, Protocol};
 
     fn fe(last: u8) -> Frontend {
         Frontend {
@@ -344,6 +348,7 @@ mod tests {
                             kind: FrontendKind::ClusterIp,
                             backends: bs.iter().map(|b| be(*b)).collect(),
                             affinity_timeout: 0,
+                            selection: Default::default(),
                         },
                     )
                 })
