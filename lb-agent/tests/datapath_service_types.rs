@@ -129,6 +129,19 @@ fn node_port_load_balancer_and_external_ips_reach_backends() -> Result<()> {
         "sig-eps.json",
         &slice("sig", json!([endpoint(&sb, 1, json!({}))])),
     )?;
+    // Left to another proxy, as kube-proxy does: never translated (unreachable in the sandbox).
+    let other = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "other", "namespace": "default",
+                     "labels": {"service.kubernetes.io/service-proxy-name": "someone-else"}},
+        "spec": {"clusterIP": "10.96.0.40",
+                 "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": POD_PORT}]}
+    });
+    sb.write_manifest("other-svc.json", &other.to_string())?;
+    sb.write_manifest(
+        "other-eps.json",
+        &slice("other", json!([endpoint(&sb, 1, json!({}))])),
+    )?;
     sb.start_agent(&[
         "--node-name",
         "node-a",
@@ -199,6 +212,16 @@ fn node_port_load_balancer_and_external_ips_reach_backends() -> Result<()> {
     assert!(log.contains("sctp_not_translated"), "{log}");
     let s = sb.probe(addr("10.96.0.30", 3868), 10, "tcp")?;
     assert_eq!(s.ok, 10, "{s:?}");
+
+    assert!(
+        !v["frontends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|f| f["address"] == "10.96.0.40")
+    );
+    let s = sb.probe(addr("10.96.0.40", 80), 5, "tcp")?;
+    assert_eq!(s.errors.get("ENETUNREACH"), Some(&5), "{s:?}");
     Ok(())
 }
 
