@@ -33,6 +33,8 @@ pub struct RunConfig {
     /// The node's name, zone and external-IP guard; its addresses come from `node_addrs`.
     pub node: NodeContext,
     pub node_addrs: NodeAddrs,
+    /// Interfaces for the XDP datapath (traffic from outside the node).
+    pub xdp_ifaces: Vec<String>,
 }
 
 /// How often node addresses are re-read when they are discovered (NodePorts follow them).
@@ -57,6 +59,7 @@ pub async fn run(mut cfg: RunConfig) -> Result<()> {
         pins: cfg.pins.clone(),
         cgroup,
         capacity: cfg.capacity,
+        xdp_ifaces: cfg.xdp_ifaces.clone(),
     })?;
     let _ebpf = loaded.ebpf; // programs stay loaded while we run
     let mut syncer = Syncer::new(loaded.maps, cfg.capacity);

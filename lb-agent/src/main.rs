@@ -86,6 +86,16 @@ enum Command {
         /// against CVE-2020-8554. Unset: every external IP is programmed, as kube-proxy does.
         #[arg(long, env = "LB_EXTERNAL_IP_CIDRS", value_delimiter = ',')]
         external_ip_cidrs: Option<Vec<Cidr>>,
+        /// A node interface facing outside traffic (repeatable): XDP there serves NodePorts,
+        /// LoadBalancer and external IPs for clients off the node; TC egress translates replies.
+        #[arg(long = "xdp-iface", env = "LB_XDP_IFACES", value_delimiter = ',')]
+        xdp_ifaces: Vec<String>,
+        /// Entries of one Maglev table (a prime; changing it needs `lb-agent cleanup`).
+        #[arg(long, default_value_t = lb_common::capacity::MAGLEV_TABLE_SIZE, value_parser = parse_prime)]
+        maglev_table_size: u32,
+        /// Maglev tables (one per external frontend; past that, flows are spread at random).
+        #[arg(long, default_value_t = lb_common::capacity::MAGLEV_TABLES)]
+        maglev_tables: u32,
         /// Address for /healthz, /readyz and /metrics.
         #[arg(long, default_value = "127.0.0.1:9965", env = "LB_HEALTH_ADDR")]
         health_addr: SocketAddr,
@@ -130,6 +140,20 @@ enum Command {
     },
 }
 
+/// A Maglev table size: a prime, so every backend's permutation visits every entry.
+fn parse_prime(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    let prime = n >= 3
+        && (2u64..)
+            .take_while(|d| d * d <= u64::from(n))
+            .all(|d| u64::from(n) % d != 0);
+    if prime {
+        Ok(n)
+    } else {
+        Err(format!("{n} is not a prime >= 3"))
+    }
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -157,6 +181,9 @@ fn main() -> Result<()> {
             zone,
             node_ips,
             external_ip_cidrs,
+            xdp_ifaces,
+            maglev_table_size,
+            maglev_tables,
             health_addr,
             services_map_size,
             backends_map_size,
@@ -176,6 +203,8 @@ fn main() -> Result<()> {
                     services: services_map_size,
                     backends: backends_map_size,
                     rev_nat: rev_nat_map_size,
+                    maglev_size: maglev_table_size,
+                    maglev_tables,
                     ..Capacity::default()
                 },
                 node: NodeContext {
@@ -185,6 +214,7 @@ fn main() -> Result<()> {
                     external_ip_cidrs,
                 },
                 node_addrs: NodeAddrs::from_flags(node_ips),
+                xdp_ifaces,
             }))
         }
         Command::Inspect { pins, json } => {

@@ -13,6 +13,8 @@
 //! host byte order so that `bpftool map dump` prints them as people read them.
 #![no_std]
 
+pub mod csum;
+pub mod flow;
 pub mod select;
 
 /// Names of the maps, as they appear in the object file, in `bpftool map` and as pin files
@@ -25,7 +27,25 @@ pub mod map_names {
     pub const SOCK_REV_NAT: &str = "LB_SOCK_REVNAT";
     /// Session affinity (LRU): which backend a client last used per frontend.
     pub const AFFINITY: &str = "LB_AFFINITY";
-    pub const ALL: [&str; 5] = [SERVICES, BACKENDS, REV_NAT, SOCK_REV_NAT, AFFINITY];
+    /// Maglev lookup tables of external frontends, back to back (`Array` of backend ids).
+    pub const MAGLEV: &str = "LB_MAGLEV";
+    /// Connection tracking of the XDP datapath (LRU): forward and reply entries per flow.
+    pub const CT: &str = "LB_CT";
+    /// `loadBalancerSourceRanges` (LPM trie keyed by reverse-NAT id and source prefix).
+    pub const SRC_RANGES: &str = "LB_SRC_RANGES";
+    /// Per-CPU packet counters of the XDP and TC programs, indexed by [`crate::xdp_stat`].
+    pub const XDP_STATS: &str = "LB_XDP_STATS";
+    pub const ALL: [&str; 9] = [
+        SERVICES,
+        BACKENDS,
+        REV_NAT,
+        SOCK_REV_NAT,
+        AFFINITY,
+        MAGLEV,
+        CT,
+        SRC_RANGES,
+        XDP_STATS,
+    ];
 }
 
 /// Names of the programs in the object file.
@@ -38,6 +58,11 @@ pub mod program_names {
     pub const SENDMSG6: &str = "lb_sendmsg6";
     pub const RECVMSG6: &str = "lb_recvmsg6";
     pub const GETPEERNAME6: &str = "lb_getpeername6";
+    /// XDP on the node's external interfaces: NodePort/LoadBalancer/external IP traffic.
+    pub const XDP_FORWARD: &str = "lb_xdp_forward";
+    /// TC egress on the same interfaces: replies of backends get the frontend's address back.
+    pub const TC_REPLY: &str = "lb_tc_reply";
+    /// The cgroup sock_addr programs.
     pub const ALL: [&str; 8] = [
         CONNECT4,
         SENDMSG4,
@@ -62,6 +87,32 @@ pub mod capacity {
     pub const AFFINITY: u32 = 65_536;
     /// The most backends one frontend can have (slot numbers are u16; slot 0 is the service).
     pub const MAX_BACKENDS_PER_SERVICE: u16 = u16::MAX - 1;
+    /// Entries of one Maglev table: a prime near 16k, as Cilium's default, so a backend
+    /// change moves about 1/N of the flows and the spread is within a few percent.
+    pub const MAGLEV_TABLE_SIZE: u32 = 16_381;
+    /// Maglev tables (external frontends with one); `LB_MAGLEV` holds this many tables.
+    pub const MAGLEV_TABLES: u32 = 64;
+    /// Flows tracked by the XDP datapath (two entries each).
+    pub const CT: u32 = 262_144;
+    /// `loadBalancerSourceRanges` prefixes over all Services.
+    pub const SRC_RANGES: u32 = 16_384;
+}
+
+/// Indexes of `LB_XDP_STATS`.
+pub mod xdp_stat {
+    /// Packets that were no frontend's (passed untouched).
+    pub const PASSED: u32 = 0;
+    /// Packets rewritten to a backend.
+    pub const FORWARDED: u32 = 1;
+    /// Dropped: the source is outside `loadBalancerSourceRanges`.
+    pub const DROPPED_SOURCE_RANGE: u32 = 2;
+    /// Dropped: the frontend has no backend (as kube-proxy drops).
+    pub const DROPPED_NO_BACKEND: u32 = 3;
+    /// Replies given the frontend's address back (TC egress).
+    pub const REPLIES: u32 = 4;
+    /// Fragments passed untouched (their ports are not in every fragment).
+    pub const FRAGMENTS: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// L4 protocol numbers as in the IP header.
@@ -106,6 +157,8 @@ pub mod service_flags {
     pub const TOPOLOGY_NODE: u16 = 1 << 6;
     /// No endpoint was ready: serving and terminating ones are used (KEP-1669).
     pub const TERMINATING_FALLBACK: u16 = 1 << 7;
+    /// `loadBalancerSourceRanges` apply: the XDP datapath drops sources outside them.
+    pub const SOURCE_RANGES: u16 = 1 << 8;
 }
 
 /// Values of [`Backend::state`].
@@ -154,7 +207,12 @@ pub struct ServiceValue {
     pub rev_nat_id: u16,
     /// Slot 0: [`service_flags`] bits.
     pub flags: u16,
-    pub _pad: u16,
+    /// Slot 0 of an external-scope frontend: its Maglev table in `LB_MAGLEV`, plus one
+    /// (0: none, pick at random among the slots).
+    pub maglev_table: u16,
+    /// Slot 0 with a Maglev table: the table's size; it starts at entry
+    /// `(maglev_table - 1) * maglev_size` of `LB_MAGLEV`.
+    pub maglev_size: u32,
 }
 
 /// Key of the backend table.
@@ -238,11 +296,73 @@ pub struct AffinityValue {
     pub last_used: u64,
 }
 
+/// Key of the XDP connection-tracking map: a flow as seen in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CtKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Directions of a [`CtValue`].
+pub mod ct_dir {
+    /// Client to frontend: `backend_id` says where the flow goes.
+    pub const FORWARD: u8 = 0;
+    /// Backend to client: `addr`/`port` is the frontend to show as the source.
+    pub const REPLY: u8 = 1;
+}
+
+/// Value of the XDP connection-tracking map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CtValue {
+    /// REPLY: the frontend address; FORWARD: the backend address chosen.
+    pub addr: [u8; 16],
+    pub port: u16,
+    /// [`ct_dir`] value.
+    pub dir: u8,
+    pub _pad: u8,
+    /// FORWARD: the backend's id (checked against `LB_BACKENDS` on every packet).
+    pub backend_id: u32,
+}
+
+/// Data of an `LB_SRC_RANGES` key: the frontend (by reverse-NAT id) and a source prefix. The
+/// LPM prefix length counts the 32 bits of `rev_nat_id` and `_pad` first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SrcRangeKey {
+    /// Big-endian, so that the trie compares it bit by bit from the top.
+    pub rev_nat_id: [u8; 2],
+    pub _pad: [u8; 2],
+    /// Source address; IPv4 as `::ffff:a.b.c.d` (so a /n IPv4 range is a /(96+n) prefix).
+    pub addr: [u8; 16],
+}
+
+impl SrcRangeKey {
+    pub const fn new(rev_nat_id: u16, addr: [u8; 16]) -> Self {
+        Self {
+            rev_nat_id: rev_nat_id.to_be_bytes(),
+            _pad: [0; 2],
+            addr,
+        }
+    }
+
+    /// LPM prefix length for a source prefix of `bits` bits of the 16-byte address form.
+    pub const fn prefix_len(bits: u32) -> u32 {
+        32 + bits
+    }
+}
+
 // The kernel and user space must agree on these byte for byte.
 const _: () = {
     use core::mem::{align_of, size_of};
     assert!(size_of::<ServiceKey>() == 24 && align_of::<ServiceKey>() == 2);
-    assert!(size_of::<ServiceValue>() == 16 && align_of::<ServiceValue>() == 4);
+    assert!(size_of::<ServiceValue>() == 20 && align_of::<ServiceValue>() == 4);
     assert!(size_of::<BackendKey>() == 4 && align_of::<BackendKey>() == 4);
     assert!(size_of::<Backend>() == 20 && align_of::<Backend>() == 2);
     assert!(size_of::<RevNatKey>() == 4 && align_of::<RevNatKey>() == 4);
@@ -251,6 +371,9 @@ const _: () = {
     assert!(size_of::<SockRevNat>() == 20 && align_of::<SockRevNat>() == 2);
     assert!(size_of::<AffinityKey>() == 16 && align_of::<AffinityKey>() == 8);
     assert!(size_of::<AffinityValue>() == 16 && align_of::<AffinityValue>() == 8);
+    assert!(size_of::<CtKey>() == 40 && align_of::<CtKey>() == 2);
+    assert!(size_of::<CtValue>() == 24 && align_of::<CtValue>() == 4);
+    assert!(size_of::<SrcRangeKey>() == 20 && align_of::<SrcRangeKey>() == 1);
 };
 
 /// `::ffff:a.b.c.d` for an IPv4 address given as its four bytes in network order.
@@ -312,7 +435,10 @@ mod user {
         BackendKey,
         Backend,
         RevNatKey,
-        RevNat
+        RevNat,
+        CtKey,
+        CtValue,
+        SrcRangeKey
     );
 }
 

@@ -4,9 +4,15 @@
 #![no_main]
 
 mod maps;
+mod packet;
 mod sock;
+mod tc;
+mod xdp;
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
+};
 
 /// connect() on IPv4 sockets (TCP, and UDP that calls connect).
 #[cgroup_sock_addr(connect4)]
@@ -51,6 +57,18 @@ pub fn lb_recvmsg6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn lb_getpeername6(ctx: SockAddrContext) -> i32 {
     sock::restore::<true>(&ctx)
+}
+
+/// Traffic arriving from outside the node for NodePorts, LoadBalancer and external IPs.
+#[xdp]
+pub fn lb_xdp_forward(ctx: XdpContext) -> u32 {
+    xdp::forward(&ctx)
+}
+
+/// Replies of backends leaving the node: the frontend's address back as their source.
+#[classifier]
+pub fn lb_tc_reply(ctx: TcContext) -> i32 {
+    tc::reply(&ctx)
 }
 
 #[unsafe(link_section = "license")]

@@ -2,12 +2,12 @@
 //! Their layouts live in `lb-common`; their names in `lb_common::map_names`.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LruHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, RevNat, RevNatKey, ServiceKey, ServiceValue,
-    SockRevNat, SockRevNatKey, capacity, select::Tables,
+    AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, RevNat, RevNatKey, ServiceKey,
+    ServiceValue, SockRevNat, SockRevNatKey, SrcRangeKey, capacity, select::Tables, xdp_stat,
 };
 
 #[btf_map]
@@ -34,6 +34,36 @@ pub static LB_SOCK_REVNAT: LruHashMap<
 #[btf_map]
 pub static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue, { capacity::AFFINITY as usize }> =
     LruHashMap::new();
+
+/// Maglev tables of external frontends, back to back; the agent sizes it at load
+/// (`--maglev-table-size` x `--maglev-tables`).
+#[btf_map]
+pub static LB_MAGLEV: Array<
+    u32,
+    { (capacity::MAGLEV_TABLE_SIZE * capacity::MAGLEV_TABLES) as usize },
+> = Array::new();
+
+/// Flows the XDP datapath translated, both directions (LRU: idle flows age out).
+#[btf_map]
+pub static LB_CT: LruHashMap<CtKey, CtValue, { capacity::CT as usize }> = LruHashMap::new();
+
+/// `loadBalancerSourceRanges` per frontend (reverse-NAT id).
+#[btf_map]
+pub static LB_SRC_RANGES: LpmTrie<SrcRangeKey, u8, { capacity::SRC_RANGES as usize }> =
+    LpmTrie::new();
+
+/// Packet counters of the XDP and TC programs, by `lb_common::xdp_stat` index.
+#[btf_map]
+pub static LB_XDP_STATS: PerCpuArray<u64, { xdp_stat::COUNT as usize }> = PerCpuArray::new();
+
+/// Adds one to an `LB_XDP_STATS` counter of this CPU.
+#[inline(always)]
+pub fn count(stat: u32) {
+    if let Some(p) = LB_XDP_STATS.get_ptr_mut(stat) {
+        // SAFETY: a per-CPU slot, written only by this CPU while the program runs.
+        unsafe { *p += 1 };
+    }
+}
 
 /// The service and backend tables as the shared decision logic sees them.
 pub struct Maps;

@@ -9,6 +9,7 @@
 
 pub mod manifests;
 pub mod netns;
+pub mod packets;
 pub mod server;
 
 use std::fs::File;

@@ -11,7 +11,12 @@ use std::fs::File;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink};
+use aya::programs::links::{FdLink, LinkError, PinnedLink};
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+};
+use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
 use lb_common::{map_names, program_names};
 use tracing::{info, warn};
@@ -23,6 +28,8 @@ pub struct LoadOptions {
     pub pins: PinPaths,
     pub cgroup: PathBuf,
     pub capacity: Capacity,
+    /// Interfaces that get the XDP forward path and the TC reply path.
+    pub xdp_ifaces: Vec<String>,
 }
 
 /// The loaded object; keep it alive for as long as the agent runs.
@@ -48,7 +55,14 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
     loader
         .map_max_entries(map_names::SERVICES, opts.capacity.services)
         .map_max_entries(map_names::BACKENDS, opts.capacity.backends)
-        .map_max_entries(map_names::REV_NAT, opts.capacity.rev_nat);
+        .map_max_entries(map_names::REV_NAT, opts.capacity.rev_nat)
+        .map_max_entries(
+            map_names::MAGLEV,
+            opts.capacity
+                .maglev_size
+                .checked_mul(opts.capacity.maglev_tables)
+                .context("--maglev-table-size x --maglev-tables overflows")?,
+        );
     let mut ebpf = loader
         .load(EBPF_OBJECT)
         .context("loading the eBPF object (is this kernel >= 5.18 with BTF, and are we root?)")?;
@@ -60,7 +74,95 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
         attach_cgroup_program(&mut ebpf, name, &cgroup, &opts.pins)?;
     }
     info!(cgroup = %opts.cgroup.display(), pins = %opts.pins.root().display(), "programs attached");
+    if !opts.xdp_ifaces.is_empty() {
+        attach_external(&mut ebpf, &opts.xdp_ifaces, &opts.pins)?;
+    }
     Ok(Loaded { ebpf, maps })
+}
+
+/// Whether a pinned link exists at `path` (opened), or not.
+fn pinned_link(path: &std::path::Path) -> Result<Option<FdLink>> {
+    match PinnedLink::from_pin(path) {
+        Ok(l) => Ok(Some(FdLink::from(l))),
+        Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("opening pinned link {}", path.display())),
+    }
+}
+
+/// XDP (forward) and TC egress (replies) on each external interface. A link a previous agent
+/// pinned is updated in place (BPF_LINK_UPDATE), so no packet meets a detached interface.
+fn attach_external(ebpf: &mut Ebpf, ifaces: &[String], pins: &PinPaths) -> Result<()> {
+    let xdp: &mut Xdp = ebpf
+        .program_mut(program_names::XDP_FORWARD)
+        .context("the eBPF object has no XDP program")?
+        .try_into()
+        .context("lb_xdp_forward is not an XDP program")?;
+    xdp.load()
+        .context("loading lb_xdp_forward (the verifier said no)")?;
+    for iface in ifaces {
+        let pin = pins.link(&format!("xdp_{iface}"));
+        if let Some(old) = pinned_link(&pin)? {
+            let link = old.try_into().context("the pinned XDP link")?;
+            xdp.attach_to_link(link)
+                .with_context(|| format!("updating the XDP link of {iface}"))?;
+            info!(iface, "XDP program replaced in place");
+            continue;
+        }
+        let (id, mode) = match xdp.attach(iface, XdpMode::Driver) {
+            Ok(id) => (id, "native"),
+            Err(e) => {
+                info!(iface, error = %e, "native XDP not available; using generic XDP");
+                let id = xdp
+                    .attach(iface, XdpMode::Skb)
+                    .with_context(|| format!("attaching XDP to {iface}"))?;
+                (id, "generic")
+            }
+        };
+        let link: FdLink = xdp
+            .take_link(id)?
+            .try_into()
+            .context("the XDP link is not an fd link")?;
+        link.pin(&pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
+        info!(iface, mode, "XDP forward path attached");
+    }
+
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut(program_names::TC_REPLY)
+        .context("the eBPF object has no TC program")?
+        .try_into()
+        .context("lb_tc_reply is not a TC program")?;
+    tc.load()
+        .context("loading lb_tc_reply (the verifier said no)")?;
+    for iface in ifaces {
+        let pin = pins.link(&format!("tc_{iface}"));
+        if let Some(old) = pinned_link(&pin)? {
+            let link = old.try_into().context("the pinned TC link")?;
+            tc.attach_to_link(link)
+                .with_context(|| format!("updating the TC link of {iface}"))?;
+            info!(iface, "TC reply program replaced in place");
+            continue;
+        }
+        let id = tc
+            .attach_with_options(
+                iface,
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .with_context(|| format!("attaching TC egress to {iface} (kernel >= 6.6 for tcx)"))?;
+        let link: FdLink = tc
+            .take_link(id)?
+            .try_into()
+            .context("the TC link is not an fd link")?;
+        link.pin(&pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
+        info!(iface, "TC reply path attached (egress)");
+    }
+    Ok(())
 }
 
 fn attach_cgroup_program(

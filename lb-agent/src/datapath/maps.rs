@@ -1,16 +1,29 @@
-//! The three pinned maps behind typed aya handles, as a [`Datapath`].
+//! The pinned maps the agent writes, behind typed aya handles, as a [`Datapath`].
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData};
-use lb_common::{Backend, BackendKey, RevNat, RevNatKey, ServiceKey, ServiceValue, map_names};
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::{Array, HashMap, Map, MapData};
+use lb_common::{
+    Backend, BackendKey, RevNat, RevNatKey, ServiceKey, ServiceValue, SrcRangeKey, map_names,
+};
 
 use super::pins::PinPaths;
+use crate::sync::map_state::SrcRange;
 use crate::sync::{Datapath, MapState, Op};
 
 pub struct BpfMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, BackendKey, Backend>,
     rev_nat: HashMap<MapData, RevNatKey, RevNat>,
+    maglev: Array<MapData, u32>,
+    src_ranges: LpmTrie<MapData, SrcRangeKey, u8>,
+}
+
+fn lpm_key(r: &SrcRange) -> LpmKey<SrcRangeKey> {
+    LpmKey::new(
+        SrcRangeKey::prefix_len(u32::from(r.bits)),
+        SrcRangeKey::new(r.rev_nat_id, r.addr),
+    )
 }
 
 fn typed<K: aya::Pod, V: aya::Pod>(map: Map, name: &str) -> Result<HashMap<MapData, K, V>> {
@@ -29,6 +42,8 @@ impl BpfMaps {
             services: typed(take(map_names::SERVICES)?, map_names::SERVICES)?,
             backends: typed(take(map_names::BACKENDS)?, map_names::BACKENDS)?,
             rev_nat: typed(take(map_names::REV_NAT)?, map_names::REV_NAT)?,
+            maglev: Array::try_from(take(map_names::MAGLEV)?).context("LB_MAGLEV")?,
+            src_ranges: LpmTrie::try_from(take(map_names::SRC_RANGES)?).context("LB_SRC_RANGES")?,
         })
     }
 
@@ -44,6 +59,8 @@ impl BpfMaps {
             services: typed(open(map_names::SERVICES)?, map_names::SERVICES)?,
             backends: typed(open(map_names::BACKENDS)?, map_names::BACKENDS)?,
             rev_nat: typed(open(map_names::REV_NAT)?, map_names::REV_NAT)?,
+            maglev: Array::try_from(open(map_names::MAGLEV)?).context("LB_MAGLEV")?,
+            src_ranges: LpmTrie::try_from(open(map_names::SRC_RANGES)?).context("LB_SRC_RANGES")?,
         })
     }
 }
@@ -57,8 +74,19 @@ impl Datapath for BpfMaps {
             Op::DelService(k) => self.services.remove(k),
             Op::DelRevNat(id) => self.rev_nat.remove(&RevNatKey { id: *id }),
             Op::DelBackend(id) => self.backends.remove(&BackendKey { id: *id }),
+            Op::PutMaglev(table, size, entries) => {
+                let base = u32::from(*table) * size;
+                entries
+                    .iter()
+                    .try_for_each(|&(i, id)| self.maglev.set(base + i, id, 0))
+            }
+            Op::PutSrcRange(r) => self.src_ranges.insert(&lpm_key(r), 1, 0),
+            Op::DelSrcRange(r) => self.src_ranges.remove(&lpm_key(r)),
         }
-        .with_context(|| format!("{op:?}"))
+        .with_context(|| match op {
+            Op::PutMaglev(t, _, e) => format!("writing {} entries of Maglev table {t}", e.len()),
+            op => format!("{op:?}"),
+        })
     }
 
     fn read(&self) -> Result<MapState> {
@@ -74,6 +102,28 @@ impl Datapath for BpfMaps {
         for kv in self.rev_nat.iter() {
             let (k, v) = kv.context("iterating LB_REV_NAT")?;
             state.rev_nat.insert(k.id, v);
+        }
+        let tables: Vec<(u16, u32)> = state
+            .frontends()
+            .filter(|(_, v)| v.maglev_table != 0 && v.maglev_size != 0)
+            .map(|(_, v)| (v.maglev_table - 1, v.maglev_size))
+            .collect();
+        for (table, size) in tables {
+            let base = u32::from(table) * size;
+            let entries = (0..size)
+                .map(|i| self.maglev.get(&(base + i), 0))
+                .collect::<Result<Vec<u32>, _>>()
+                .with_context(|| format!("reading Maglev table {table}"))?;
+            state.maglev.insert(table, entries);
+        }
+        for kv in self.src_ranges.iter() {
+            let (k, _) = kv.context("iterating LB_SRC_RANGES")?;
+            let data = k.data();
+            state.src_ranges.insert(SrcRange {
+                rev_nat_id: u16::from_be_bytes(data.rev_nat_id),
+                addr: data.addr,
+                bits: k.prefix_len().saturating_sub(32) as u8,
+            });
         }
         Ok(state)
     }

@@ -41,6 +41,15 @@ impl FromStr for Cidr {
 }
 
 impl Cidr {
+    /// The range in the maps' 16-byte address form: (address, prefix bits), an IPv4 /n
+    /// being the IPv4-mapped address with 96 + n bits.
+    pub fn map_form(&self) -> ([u8; 16], u8) {
+        match self.addr {
+            std::net::IpAddr::V4(a) => (lb_common::v4_mapped(a.octets()), 96 + self.prefix),
+            std::net::IpAddr::V6(a) => (a.octets(), self.prefix),
+        }
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         let p = u32::from(self.prefix);
         match (self.addr, ip) {

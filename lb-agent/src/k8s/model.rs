@@ -168,6 +168,13 @@ pub struct FrontendEntry {
     pub affinity_timeout: u32,
     /// How `backends` were chosen.
     pub selection: Selection,
+    /// `loadBalancerSourceRanges` (external-scope LoadBalancer frontends only); empty: any.
+    #[serde(serialize_with = "display_all")]
+    pub source_ranges: Vec<super::cidr::Cidr>,
+}
+
+fn display_all<S: serde::Serializer>(v: &[super::cidr::Cidr], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|c| c.to_string()))
 }
 
 /// Everything the maps should hold.

@@ -63,6 +63,7 @@ pub enum ProblemReason {
     ExternalIpNotAllowed,
     /// SCTP ports are recognised but not translated.
     SctpNotTranslated,
+    InvalidSourceRange,
 }
 
 impl ProblemReason {
@@ -80,6 +81,7 @@ impl ProblemReason {
             ProblemReason::InvalidExternalIp => "invalid_external_ip",
             ProblemReason::ExternalIpNotAllowed => "external_ip_not_allowed",
             ProblemReason::SctpNotTranslated => "sctp_not_translated",
+            ProblemReason::InvalidSourceRange => "invalid_source_range",
         }
     }
 
@@ -214,6 +216,8 @@ struct ServiceTranslation<'a> {
     node: &'a NodeContext,
     problems: Vec<Problem>,
     frontends: Vec<(Frontend, FrontendEntry)>,
+    /// `loadBalancerSourceRanges`, for LoadBalancer frontends in the external scope.
+    source_ranges: Vec<Cidr>,
 }
 
 impl ServiceTranslation<'_> {
@@ -274,7 +278,17 @@ fn translate_service(
         node,
         problems: Vec::new(),
         frontends: Vec::new(),
+        source_ranges: Vec::new(),
     };
+    for r in spec.load_balancer_source_ranges.iter().flatten() {
+        match r.parse::<Cidr>() {
+            Ok(c) => t.source_ranges.push(c),
+            Err(e) => t.problem(
+                ProblemReason::InvalidSourceRange,
+                format!("loadBalancerSourceRanges: {e}"),
+            ),
+        }
+    }
 
     // clusterIPs is authoritative when present (dual-stack); clusterIP otherwise.
     let ip_strings: Vec<&str> = match spec.cluster_ips.as_deref() {
@@ -436,6 +450,11 @@ fn translate_port(
                     backends: chosen.0.clone(),
                     affinity_timeout,
                     selection: chosen.1,
+                    source_ranges: if kind == FrontendKind::LoadBalancer && sc == scope::EXTERNAL {
+                        t.source_ranges.clone()
+                    } else {
+                        Vec::new()
+                    },
                 },
             ));
         };

@@ -2,17 +2,30 @@
 //! Both the real datapath and the in-memory fake apply [`Op`]s; [`MapState::apply`] is the
 //! reference semantics.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use lb_common::{Backend, RevNat, ServiceKey, ServiceValue, v4_mapped, v4_unmapped};
 
-/// Everything the service, backend and reverse-NAT maps hold.
+/// Everything the service, backend, reverse-NAT, Maglev and source-range maps hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapState {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub backends: BTreeMap<u32, Backend>,
     pub rev_nat: BTreeMap<u32, RevNat>,
+    /// Maglev tables in use, by table number (slot 0's `maglev_table` minus one).
+    pub maglev: BTreeMap<u16, Vec<u32>>,
+    /// `loadBalancerSourceRanges`: allowed source prefixes per reverse-NAT id.
+    pub src_ranges: BTreeSet<SrcRange>,
+}
+
+/// One allowed source prefix of a frontend (by reverse-NAT id): the first `bits` bits of the
+/// 16-byte address form (an IPv4 /n is 96 + n bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SrcRange {
+    pub rev_nat_id: u16,
+    pub addr: [u8; 16],
+    pub bits: u8,
 }
 
 /// One map write.
@@ -24,6 +37,10 @@ pub enum Op {
     DelService(ServiceKey),
     DelRevNat(u32),
     DelBackend(u32),
+    /// Entries (index, backend id) that change in one Maglev table (number, size).
+    PutMaglev(u16, u32, Vec<(u32, u32)>),
+    PutSrcRange(SrcRange),
+    DelSrcRange(SrcRange),
 }
 
 impl MapState {
@@ -46,6 +63,22 @@ impl MapState {
             }
             Op::DelBackend(id) => {
                 self.backends.remove(id);
+            }
+            Op::PutMaglev(table, _, entries) => {
+                let t = self.maglev.entry(*table).or_default();
+                for &(i, id) in entries {
+                    let i = i as usize;
+                    if t.len() <= i {
+                        t.resize(i + 1, 0);
+                    }
+                    t[i] = id;
+                }
+            }
+            Op::PutSrcRange(r) => {
+                self.src_ranges.insert(*r);
+            }
+            Op::DelSrcRange(r) => {
+                self.src_ranges.remove(r);
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Keeps the maps equal to the desired state: plan the writes, apply them in order, remember
 //! what the maps hold. The datapath sits behind [`Datapath`] so this is tested against a fake.
 
+pub mod maglev;
 pub mod map_state;
 pub mod plan;
 

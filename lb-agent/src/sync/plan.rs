@@ -11,6 +11,12 @@
 //! 7. then unused reverse-NAT entries,
 //! 8. and last the backends no slot points at any more.
 //!
+//! External-scope frontends (read by XDP) also get a Maglev table, written (only the entries
+//! that change) right after the backends and before any slot 0 points at it, and their
+//! `loadBalancerSourceRanges`, added before slot 0 turns the check on and removed after.
+//! Tables are rewritten in place: every entry names a live backend at every moment, and
+//! established flows keep their backend through the XDP connection tracking.
+//!
 //! A reader between any two writes sees either the old or the new backend set, never an empty
 //! one for a Service that has backends before and after (property-tested below).
 //!
@@ -22,7 +28,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{Backend, RevNat, ServiceKey, ServiceValue, backend_state};
 
-use super::map_state::{MapState, Op, addr_to_map};
+use super::maglev;
+use super::map_state::{MapState, Op, SrcRange, addr_to_map};
 use crate::k8s::model::{BackendAddr, DesiredState, Frontend};
 
 /// How many entries each map holds.
@@ -32,6 +39,10 @@ pub struct Capacity {
     pub backends: u32,
     pub rev_nat: u32,
     pub backends_per_service: u16,
+    /// Entries of one Maglev table (prime).
+    pub maglev_size: u32,
+    /// Maglev tables `LB_MAGLEV` holds.
+    pub maglev_tables: u32,
 }
 
 impl Default for Capacity {
@@ -41,6 +52,8 @@ impl Default for Capacity {
             backends: lb_common::capacity::BACKENDS,
             rev_nat: lb_common::capacity::REV_NAT,
             backends_per_service: lb_common::capacity::MAX_BACKENDS_PER_SERVICE,
+            maglev_size: lb_common::capacity::MAGLEV_TABLE_SIZE,
+            maglev_tables: lb_common::capacity::MAGLEV_TABLES,
         }
     }
 }
@@ -121,6 +134,16 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
     let rev_nat_ids: BTreeMap<RevNat, u32> =
         current.rev_nat.iter().map(|(id, r)| (*r, *id)).collect();
     let mut backend_alloc = IdAllocator::new(current.backends.keys().copied(), u32::MAX - 1);
+    // Maglev tables: a frontend keeps its table; new ones take a number no slot 0 uses now.
+    let tables_in_use: BTreeMap<ServiceKey, u16> = current
+        .frontends()
+        .filter(|(_, v)| v.maglev_table != 0)
+        .map(|(k, v)| (*k, v.maglev_table - 1))
+        .collect();
+    let mut table_alloc = IdAllocator::new(
+        tables_in_use.values().map(|t| u32::from(*t) + 1),
+        cap.maglev_tables.min(u32::from(u16::MAX)),
+    );
     let mut rev_nat_alloc = IdAllocator::new(current.rev_nat.keys().copied(), u16::MAX as u32);
 
     // Slot 0 of every frontend first, so that when the service map is short every frontend at
@@ -220,16 +243,59 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
             slots.push(id);
             service_entries += 1;
         }
-        let flags = entry.kind.flag() | entry.selection.flags();
+        let mut flags = entry.kind.flag() | entry.selection.flags();
+        let key0 = service_key(frontend, 0);
+        let mut maglev_table = 0;
+        if frontend.scope == lb_common::scope::EXTERNAL && !slots.is_empty() {
+            // Ids allocated by the allocator are 1-based table numbers plus one.
+            let number = tables_in_use
+                .get(&key0)
+                .map(|t| u32::from(*t) + 1)
+                .or_else(|| table_alloc.allocate());
+            match number {
+                Some(n) => {
+                    let members: Vec<(u32, Backend)> =
+                        slots.iter().map(|id| (*id, target.backends[id])).collect();
+                    let table = (n - 1) as u16;
+                    target
+                        .maglev
+                        .insert(table, maglev::table(&members, cap.maglev_size));
+                    maglev_table = table + 1;
+                }
+                None => overflows.push(Overflow {
+                    frontend: *frontend,
+                    service: entry.service.clone(),
+                    reason: "maglev_tables_full",
+                    detail: "no Maglev table left: flows are spread at random (still tracked)"
+                        .into(),
+                }),
+            }
+        }
+        if frontend.scope == lb_common::scope::EXTERNAL && !entry.source_ranges.is_empty() {
+            flags |= lb_common::service_flags::SOURCE_RANGES;
+            for c in &entry.source_ranges {
+                let (addr, bits) = c.map_form();
+                target.src_ranges.insert(SrcRange {
+                    rev_nat_id: rev_id as u16,
+                    addr,
+                    bits,
+                });
+            }
+        }
         target.services.insert(
-            service_key(frontend, 0),
+            key0,
             ServiceValue {
                 backend_id: 0,
                 affinity_timeout: entry.affinity_timeout,
                 count: slots.len() as u16,
                 rev_nat_id: rev_id as u16,
                 flags,
-                _pad: 0,
+                maglev_table,
+                maglev_size: if maglev_table == 0 {
+                    0
+                } else {
+                    cap.maglev_size
+                },
             },
         );
         for (i, id) in slots.into_iter().enumerate() {
@@ -264,6 +330,24 @@ pub fn ordered_ops(current: &MapState, target: &MapState) -> Vec<Op> {
             ops.push(Op::PutRevNat(*id, *r));
         }
     }
+    for (table, entries) in &target.maglev {
+        let old = current.maglev.get(table);
+        let changed: Vec<(u32, u32)> = entries
+            .iter()
+            .enumerate()
+            .filter(|(i, id)| old.and_then(|o| o.get(*i)) != Some(*id))
+            .map(|(i, id)| (i as u32, *id))
+            .collect();
+        if !changed.is_empty() {
+            ops.push(Op::PutMaglev(*table, entries.len() as u32, changed));
+        }
+    }
+    ops.extend(
+        target
+            .src_ranges
+            .difference(&current.src_ranges)
+            .map(|r| Op::PutSrcRange(*r)),
+    );
     let changed = |k: &ServiceKey, v: &ServiceValue| current.services.get(k) != Some(v);
     for (k, v) in target.services.iter().filter(|(k, _)| k.slot != 0) {
         if changed(k, v) {
@@ -291,6 +375,12 @@ pub fn ordered_ops(current: &MapState, target: &MapState) -> Vec<Op> {
             .filter(|k| k.slot != 0)
             .filter(gone)
             .map(|k| Op::DelService(*k)),
+    );
+    ops.extend(
+        current
+            .src_ranges
+            .difference(&target.src_ranges)
+            .map(|r| Op::DelSrcRange(*r)),
     );
     ops.extend(
         current
@@ -323,7 +413,7 @@ mod tests {
             addr: IpAddr::from([10, 96, 0, last]),
             port: 80,
             proto: Protocol::Tcp,
-            scope: 0,
+            scope: lb_common::scope::INTERNAL,
         }
     }
 
@@ -349,6 +439,7 @@ mod tests {
                             backends: bs.iter().map(|b| be(*b)).collect(),
                             affinity_timeout: 0,
                             selection: Default::default(),
+                            source_ranges: Vec::new(),
                         },
                     )
                 })
