@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod datapath;
+pub mod hc_node_port;
 pub mod health;
 pub mod inspect;
 pub mod k8s;

@@ -83,7 +83,24 @@ pub struct Sandbox {
     pub agent_bin: PathBuf,
     pub health_addr: SocketAddr,
     agent: Option<Child>,
+    /// The namespace the agent runs in (None: the machine's own).
+    agent_netns: Option<String>,
+    /// An "outside" client namespace behind the node's `ext0`, once [`Sandbox::add_outside`]
+    /// made it.
+    pub outside_netns: Option<String>,
     _serial: MutexGuard<'static, ()>,
+}
+
+/// Addresses of the outside network [`Sandbox::add_outside`] makes.
+pub mod outside {
+    /// The node's address on `ext0`, facing the outside client.
+    pub const NODE_IP: &str = "10.99.0.1";
+    /// The outside client's address.
+    pub const CLIENT_IP: &str = "10.99.0.2";
+    /// The node's interface towards the outside.
+    pub const NODE_IFACE: &str = "ext0";
+    /// Ranges the outside client routes via the node (LoadBalancer and external IPs of tests).
+    pub const ROUTED_VIA_NODE: [&str; 3] = ["192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"];
 }
 
 fn sandbox_prefix(pid: u32) -> String {
@@ -161,6 +178,8 @@ impl Sandbox {
             agent_bin: agent_bin.to_path_buf(),
             health_addr: SocketAddr::from(([127, 0, 0, 1], free_local_port()?)),
             agent: None,
+            agent_netns: None,
+            outside_netns: None,
             _serial: serial,
         };
         // From here on Drop cleans up whatever was made.
@@ -243,10 +262,130 @@ impl Sandbox {
         std::fs::read_to_string(self.workdir.join("agent.log")).unwrap_or_default()
     }
 
+    /// An outside client namespace connected to the node (the client namespace) by a veth
+    /// (`ext0` on the node, 10.99.0.1/24; the client 10.99.0.2/24), routing the test
+    /// LoadBalancer/external IP ranges via the node, which forwards to the pods. Its packets
+    /// carry full checksums (transmit checksum offload off), as packets from a wire do.
+    pub fn add_outside(&mut self) -> Result<()> {
+        let ns = format!("{}-o", self.id);
+        netns::create(&ns)?;
+        self.outside_netns = Some(ns.clone());
+        netns::veth(&self.client_netns, outside::NODE_IFACE, &ns, "eth0")?;
+        let node = &self.client_netns;
+        netns::ip(
+            node,
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", outside::NODE_IP),
+                "dev",
+                outside::NODE_IFACE,
+            ],
+        )?;
+        netns::ip(node, &["link", "set", outside::NODE_IFACE, "up"])?;
+        netns::sysctl(node, "net/ipv4/ip_forward", "1")?;
+        netns::ip(&ns, &["link", "set", "lo", "up"])?;
+        netns::ip(
+            &ns,
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", outside::CLIENT_IP),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        netns::ip(&ns, &["link", "set", "eth0", "up"])?;
+        for range in outside::ROUTED_VIA_NODE {
+            netns::ip(&ns, &["route", "add", range, "via", outside::NODE_IP])?;
+        }
+        netns::set_tx_checksum(&ns, "eth0", false)?;
+        Ok(())
+    }
+
+    /// A command that runs as an outside client: in the outside namespace, not in the sandbox
+    /// cgroup (so only the XDP path can translate its traffic).
+    pub fn outside_command(&self, program: &Path) -> Result<Command> {
+        let ns_name = self
+            .outside_netns
+            .as_deref()
+            .context("no outside namespace: call add_outside first")?;
+        let ns = File::open(netns::path(ns_name))?;
+        let mut cmd = Command::new(program);
+        // SAFETY: only setns (async-signal-safe) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+
+    /// `lb-agent probe` from the outside client.
+    pub fn probe_outside(
+        &self,
+        target: SocketAddr,
+        count: u32,
+        proto: &str,
+        timeout_ms: u32,
+    ) -> Result<ProbeSummary> {
+        let mut cmd = self.outside_command(&self.agent_bin)?;
+        cmd.args(["probe", "--target", &target.to_string()])
+            .args(["--count", &count.to_string(), "--proto", proto])
+            .args(["--timeout-ms", &timeout_ms.to_string()])
+            .env("RUST_BACKTRACE", "0")
+            .stderr(Stdio::inherit());
+        parse_probe(cmd.output()?)
+    }
+
+    /// An HTTP GET from the outside client.
+    pub fn http_get_outside(&self, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+        let ns = self
+            .outside_netns
+            .clone()
+            .context("no outside namespace: call add_outside first")?;
+        let path = path.to_string();
+        netns::run_in(&ns, move || http_get(addr, &path))
+    }
+
+    /// An HTTP GET to the agent's health address, from the namespace the agent runs in.
+    pub fn health_get(&self, path: &str) -> Result<(u16, String)> {
+        match &self.agent_netns {
+            None => http_get(self.health_addr, path),
+            Some(ns) => {
+                let (addr, path) = (self.health_addr, path.to_string());
+                netns::run_in(ns, move || http_get(addr, &path))
+            }
+        }
+    }
+
+    /// Starts `lb-agent run` inside the node (the client namespace), as a hostNetwork
+    /// DaemonSet runs, so that `--xdp-iface ext0` and the node's addresses are its own.
+    pub fn start_agent_in_node(&mut self, extra: &[&str]) -> Result<()> {
+        self.agent_netns = Some(self.client_netns.clone());
+        self.start_agent(extra)
+    }
+
     /// Starts `lb-agent run` on this sandbox and waits until /readyz answers 200.
     pub fn start_agent(&mut self, extra: &[&str]) -> Result<()> {
         let log = File::create(self.workdir.join("agent.log"))?;
-        let child = Command::new(&self.agent_bin)
+        let mut cmd = Command::new(&self.agent_bin);
+        if let Some(ns) = &self.agent_netns {
+            let ns = File::open(netns::path(ns))?;
+            // SAFETY: only setns (async-signal-safe) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("run")
             .arg("--manifests")
             .arg(&self.manifests)
@@ -278,7 +417,10 @@ impl Sandbox {
                     self.agent_log()
                 );
             }
-            if http_get(self.health_addr, "/readyz").is_ok_and(|(code, _)| code == 200) {
+            if self
+                .health_get("/readyz")
+                .is_ok_and(|(code, _)| code == 200)
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -427,6 +569,9 @@ impl Drop for Sandbox {
         }
         for p in &self.pods {
             let _ = netns::delete(&p.netns);
+        }
+        if let Some(ns) = &self.outside_netns {
+            let _ = netns::delete(ns);
         }
         let _ = netns::delete(&self.client_netns);
         kill_cgroup(&self.cgroup);

@@ -90,3 +90,49 @@ pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
         std::fs::write(format!("/proc/sys/{key}"), &value).with_context(|| format!("setting {key}"))
     })
 }
+
+/// Turns transmit checksum offload of `iface` in `ns` on or off (`ethtool -K IFACE tx off`),
+/// through the SIOCETHTOOL ioctl.
+pub fn set_tx_checksum(ns: &str, iface: &str, on: bool) -> Result<()> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    let iface = iface.to_string();
+    run_in(ns, move || {
+        let mut value = EthtoolValue {
+            cmd: ETHTOOL_STXCSUM,
+            data: u32::from(on),
+        };
+        let mut req = IfReq {
+            name: [0; 16],
+            data: &mut value,
+            _pad: [0; 16],
+        };
+        let n = iface.len().min(15);
+        req.name[..n].copy_from_slice(&iface.as_bytes()[..n]);
+        // SAFETY: a plain socket; the ioctl reads `req` and `value`, both alive for the call.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error()).context("socket for ethtool");
+            }
+            let r = libc::ioctl(fd, SIOCETHTOOL as _, &mut req);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if r != 0 {
+                return Err(err).with_context(|| format!("ethtool tx checksum on {iface}"));
+            }
+        }
+        Ok(())
+    })
+}

@@ -2,10 +2,12 @@
 //! closes first, so TIME_WAIT stays on the server side and client ports are reusable), and a
 //! UDP server that answers every datagram with the pod's name.
 
+use std::collections::BTreeSet;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
@@ -17,6 +19,8 @@ pub struct PodServer {
     stop: Arc<AtomicBool>,
     tcp_accepts: Arc<AtomicU64>,
     udp_requests: Arc<AtomicU64>,
+    /// Client addresses seen (TCP and UDP), to check whose address a pod sees.
+    peers: Arc<Mutex<BTreeSet<IpAddr>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -26,8 +30,10 @@ impl PodServer {
         let stop = Arc::new(AtomicBool::new(false));
         let tcp_accepts = Arc::new(AtomicU64::new(0));
         let udp_requests = Arc::new(AtomicU64::new(0));
+        let peers = Arc::new(Mutex::new(BTreeSet::new()));
         let (ns, name) = (ns.to_string(), name.to_string());
         let (s, t, u) = (stop.clone(), tcp_accepts.clone(), udp_requests.clone());
+        let p = peers.clone();
         let thread = std::thread::spawn(move || {
             let sockets = (|| -> Result<(TcpListener, UdpSocket)> {
                 netns::enter(&ns)?;
@@ -42,7 +48,7 @@ impl PodServer {
             match sockets {
                 Ok((tcp, udp)) => {
                     let _ = ready_tx.send(Ok(()));
-                    serve(&name, &tcp, &udp, &s, &t, &u);
+                    serve(&name, &tcp, &udp, &s, &t, &u, &p);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -54,6 +60,7 @@ impl PodServer {
             stop,
             tcp_accepts,
             udp_requests,
+            peers,
             thread: Some(thread),
         })
     }
@@ -64,6 +71,11 @@ impl PodServer {
 
     pub fn udp_requests(&self) -> u64 {
         self.udp_requests.load(Ordering::Relaxed)
+    }
+
+    /// Client addresses this pod has seen (IPv4-mapped ones shown as IPv4).
+    pub fn peers(&self) -> BTreeSet<IpAddr> {
+        self.peers.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
     pub fn stop(&mut self) {
@@ -87,7 +99,17 @@ fn serve(
     stop: &AtomicBool,
     accepts: &AtomicU64,
     requests: &AtomicU64,
+    peers: &Mutex<BTreeSet<IpAddr>>,
 ) {
+    let seen = |peer: SocketAddr| {
+        let ip = match peer.ip() {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        if let Ok(mut p) = peers.lock() {
+            p.insert(ip);
+        }
+    };
     let reply = format!("{name}\n");
     let mut fds = [
         libc::pollfd {
@@ -108,14 +130,16 @@ fn serve(
         if n <= 0 {
             continue;
         }
-        while let Ok((mut conn, _)) = tcp.accept() {
+        while let Ok((mut conn, peer)) = tcp.accept() {
             accepts.fetch_add(1, Ordering::Relaxed);
+            seen(peer);
             let _ = conn.set_nonblocking(false);
             let _ = conn.write_all(reply.as_bytes());
             // Dropping closes: the server closes first.
         }
         while let Ok((_, peer)) = udp.recv_from(&mut buf) {
             requests.fetch_add(1, Ordering::Relaxed);
+            seen(peer);
             let _ = udp.send_to(reply.as_bytes(), peer);
         }
     }

@@ -181,6 +181,18 @@ fn display_all<S: serde::Serializer>(v: &[super::cidr::Cidr], s: S) -> Result<S:
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
     pub frontends: BTreeMap<Frontend, FrontendEntry>,
+    /// `spec.healthCheckNodePort` of LoadBalancer Services with `externalTrafficPolicy:
+    /// Local`, which the agent serves with this node's count of ready endpoints.
+    pub health_checks: BTreeMap<u16, HealthCheck>,
+}
+
+/// What a health check node port answers.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HealthCheck {
+    pub namespace: String,
+    pub name: String,
+    /// Ready endpoints of the Service on this node.
+    pub local_endpoints: usize,
 }
 
 impl DesiredState {

@@ -312,6 +312,9 @@ fn translate_service(
     for port in spec.ports.iter().flatten() {
         translate_port(&mut t, port, &cluster_ips, &extra, own_slices);
     }
+    if let Some(hc) = health_check(&mut t, own_slices) {
+        out.desired.health_checks.insert(hc.0, hc.1);
+    }
     out.problems.append(&mut t.problems);
     out.desired.frontends.extend(t.frontends);
 }
@@ -487,6 +490,46 @@ fn translate_port(
             }
         }
     }
+}
+
+/// The health check node port of a LoadBalancer Service with `externalTrafficPolicy: Local`:
+/// its port and this node's ready endpoints (terminating ones do not count, so load balancers
+/// drain a node whose endpoints are going away, KEP-1669).
+fn health_check(
+    t: &mut ServiceTranslation<'_>,
+    slices: &[&EndpointSlice],
+) -> Option<(u16, super::model::HealthCheck)> {
+    let spec = t.spec;
+    if spec.type_.as_deref() != Some("LoadBalancer")
+        || spec.external_traffic_policy.as_deref() != Some("Local")
+    {
+        return None;
+    }
+    let raw = spec.health_check_node_port.filter(|&p| p != 0)?;
+    let Some(port) = valid_port(raw) else {
+        t.problem(
+            ProblemReason::InvalidNodePort,
+            format!("healthCheckNodePort {raw}"),
+        );
+        return None;
+    };
+    let node = t.node.node_name.as_deref();
+    let local: BTreeSet<&str> = slices
+        .iter()
+        .flat_map(|s| s.endpoints.iter().flatten())
+        .filter(|e| node.is_some() && e.node_name.as_deref() == node)
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .filter_map(|e| e.addresses.first().map(String::as_str))
+        .collect();
+    let (namespace, name) = t.object.split_once('/').unwrap_or(("default", &t.object));
+    Some((
+        port,
+        super::model::HealthCheck {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            local_endpoints: local.len(),
+        },
+    ))
 }
 
 /// sessionAffinity: ClientIP, with the API's default timeout of 3 hours; 0 for none.
@@ -1224,5 +1267,36 @@ mod tests {
             backend_ips(&t, &front("192.168.0.5", 30080, scope::INTERNAL)),
             BOTH
         );
+    }
+
+    #[test]
+    fn health_check_node_port_counts_this_nodes_ready_endpoints() {
+        let mut snap = exposed(
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                   "healthCheckNodePort": 32000}),
+            json!({}),
+        );
+        let t = translate_for(&snap, &node_b());
+        let hc = &t.desired.health_checks[&32000];
+        assert_eq!(
+            (hc.namespace.as_str(), hc.name.as_str(), hc.local_endpoints),
+            ("shop", "web", 1)
+        );
+        // Terminating endpoints do not count: the load balancer should drain this node.
+        snap.slices = vec![web_slice(json!([
+            {"addresses": ["10.244.2.2"], "nodeName": "node-b",
+             "conditions": {"ready": false, "serving": true, "terminating": true}}
+        ]))];
+        let t = translate_for(&snap, &node_b());
+        assert_eq!(t.desired.health_checks[&32000].local_endpoints, 0);
+        // Cluster policy: no health check port is served.
+        let t = translate_for(
+            &exposed(
+                json!({"type": "LoadBalancer", "healthCheckNodePort": 32000}),
+                json!({}),
+            ),
+            &node_b(),
+        );
+        assert!(t.desired.health_checks.is_empty());
     }
 }

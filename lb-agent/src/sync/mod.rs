@@ -69,7 +69,21 @@ impl<D: Datapath> Syncer<D> {
             Some(s) => s,
             None => self.datapath.read()?,
         };
-        let plan = plan::plan(&current, desired, &self.capacity);
+        let mut plan = plan::plan(&current, desired, &self.capacity);
+        // Ids (and Maglev tables) that removed frontends held are free only after this plan;
+        // when something did not fit, a second pass may place it now.
+        if !plan.overflows.is_empty() && !plan.ops.is_empty() {
+            let mut after = current.clone();
+            for op in &plan.ops {
+                after.apply(op);
+            }
+            let second = plan::plan(&after, desired, &self.capacity);
+            if second.overflows.len() < plan.overflows.len() {
+                plan.ops.extend(second.ops);
+                plan.overflows = second.overflows;
+                plan.target = second.target;
+            }
+        }
         let mut report = SyncReport {
             writes: plan.ops.len(),
             overflows: plan.overflows,

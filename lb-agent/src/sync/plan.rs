@@ -427,6 +427,7 @@ mod tests {
 
     fn desired(services: &[(u8, &[u8])]) -> DesiredState {
         DesiredState {
+            health_checks: Default::default(),
             frontends: services
                 .iter()
                 .map(|(f, bs)| {
@@ -466,6 +467,26 @@ mod tests {
         for (k, v) in state.frontends() {
             if !state.rev_nat.contains_key(&(v.rev_nat_id as u32)) {
                 return Err(format!("{k:?} names missing rev nat {}", v.rev_nat_id));
+            }
+            if v.maglev_table != 0 {
+                let table = state
+                    .maglev
+                    .get(&(v.maglev_table - 1))
+                    .ok_or_else(|| format!("{k:?} names missing Maglev table"))?;
+                if table.len() != v.maglev_size as usize {
+                    return Err(format!("{k:?}: Maglev table of {} entries", table.len()));
+                }
+                if let Some(id) = table.iter().find(|id| !state.backends.contains_key(id)) {
+                    return Err(format!("{k:?}: Maglev entry names missing backend {id}"));
+                }
+            }
+            if v.flags & lb_common::service_flags::SOURCE_RANGES != 0
+                && !state
+                    .src_ranges
+                    .iter()
+                    .any(|r| r.rev_nat_id == v.rev_nat_id)
+            {
+                return Err(format!("{k:?}: source ranges on, none in the map"));
             }
         }
         Ok(())
@@ -528,6 +549,7 @@ mod tests {
             backends: 2,
             rev_nat: 10,
             backends_per_service: 10,
+            ..Capacity::default()
         };
         let p = plan(
             &MapState::default(),
@@ -596,6 +618,134 @@ mod tests {
                 let want: BTreeSet<_> = e.backends.iter().map(|b| addr_to_map(b.addr)).collect();
                 prop_assert_eq!(got, want);
             }
+        }
+    }
+
+    fn external(services: &[(u8, &[u8])], ranges: bool) -> DesiredState {
+        let mut d = desired(services);
+        d.frontends = d
+            .frontends
+            .into_iter()
+            .map(|(mut f, mut e)| {
+                f.scope = lb_common::scope::EXTERNAL;
+                if ranges {
+                    e.source_ranges = vec!["203.0.113.0/24".parse().unwrap()];
+                }
+                (f, e)
+            })
+            .collect();
+        d
+    }
+
+    fn small_tables() -> Capacity {
+        Capacity {
+            maglev_size: 13,
+            maglev_tables: 2,
+            ..Capacity::default()
+        }
+    }
+
+    #[test]
+    fn external_frontends_get_stable_maglev_tables_written_by_difference() {
+        let cap = small_tables();
+        let mut state = MapState::default();
+        let p = plan(&state, &external(&[(10, &[1, 2, 3])], false), &cap);
+        apply_all(&mut state, &p.ops);
+        consistent(&state).unwrap();
+        let v = state.services[&{
+            let mut f = fe(10);
+            f.scope = lb_common::scope::EXTERNAL;
+            service_key(&f, 0)
+        }];
+        assert_eq!((v.maglev_table, v.maglev_size), (1, 13));
+        // A fourth backend: the same table, only the entries that change are written.
+        let p = plan(&state, &external(&[(10, &[1, 2, 3, 4])], false), &cap);
+        let writes: Vec<_> = p
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::PutMaglev(t, size, e) => Some((*t, *size, e.len())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(writes.len(), 1);
+        assert_eq!((writes[0].0, writes[0].1), (0, 13));
+        assert!(writes[0].2 < 13, "only changed entries: {writes:?}");
+        apply_all(&mut state, &p.ops);
+        consistent(&state).unwrap();
+        // Internal frontends never get one.
+        let p = plan(&MapState::default(), &desired(&[(10, &[1])]), &cap);
+        assert!(p.target.maglev.is_empty());
+    }
+
+    #[test]
+    fn maglev_tables_running_out_is_an_overflow_not_an_error() {
+        let p = plan(
+            &MapState::default(),
+            &external(&[(10, &[1]), (11, &[2]), (12, &[3])], false),
+            &small_tables(),
+        );
+        assert_eq!(p.target.maglev.len(), 2);
+        assert_eq!(
+            p.overflows.iter().map(|o| o.reason).collect::<Vec<_>>(),
+            ["maglev_tables_full"]
+        );
+        let mut state = MapState::default();
+        apply_all(&mut state, &p.ops);
+        consistent(&state).unwrap();
+    }
+
+    #[test]
+    fn source_ranges_are_in_the_map_before_the_check_is_on_and_leave_after() {
+        let cap = small_tables();
+        let mut state = MapState::default();
+        let on = plan(&state, &external(&[(10, &[1])], true), &cap);
+        let put = on.ops.iter().position(|o| matches!(o, Op::PutSrcRange(_)));
+        let slot0 = on
+            .ops
+            .iter()
+            .position(|o| matches!(o, Op::PutService(k, _) if k.slot == 0));
+        assert!(put.unwrap() < slot0.unwrap());
+        apply_all(&mut state, &on.ops);
+        consistent(&state).unwrap();
+        assert_eq!(state.src_ranges.len(), 1);
+        let off = plan(&state, &external(&[(10, &[1])], false), &cap);
+        let del = off.ops.iter().position(|o| matches!(o, Op::DelSrcRange(_)));
+        let slot0 = off
+            .ops
+            .iter()
+            .position(|o| matches!(o, Op::PutService(k, _) if k.slot == 0));
+        assert!(slot0.unwrap() < del.unwrap());
+        apply_all(&mut state, &off.ops);
+        assert!(state.src_ranges.is_empty());
+    }
+
+    proptest! {
+        /// External frontends with Maglev tables and source ranges: every intermediate state
+        /// of every change is consistent (tables name live backends, ranges are in place).
+        #[test]
+        fn every_intermediate_external_state_is_safe(a in arb_desired(), b in arb_desired(), ra: bool, rb: bool) {
+            let cap = small_tables();
+            let to_ext = |v: &[(u8, Vec<u8>)], r: bool| {
+                let refs: Vec<(u8, &[u8])> = v.iter().map(|(f, b)| (*f, b.as_slice())).collect();
+                external(&refs, r)
+            };
+            let mut state = MapState::default();
+            let first = plan(&state, &to_ext(&a, ra), &cap);
+            apply_all(&mut state, &first.ops);
+            let p = plan(&state, &to_ext(&b, rb), &cap);
+            for op in &p.ops {
+                state.apply(op);
+                prop_assert!(consistent(&state).is_ok(), "{:?} after {op:?}", consistent(&state));
+            }
+            // Tables a removed frontend still held are free only once it is gone: a full
+            // table map converges on the second pass (the Syncer makes it at once).
+            let second = plan(&state, &to_ext(&b, rb), &cap);
+            for op in &second.ops {
+                state.apply(op);
+                prop_assert!(consistent(&state).is_ok(), "{:?} after {op:?}", consistent(&state));
+            }
+            prop_assert!(plan(&state, &to_ext(&b, rb), &cap).ops.is_empty());
         }
     }
 }
