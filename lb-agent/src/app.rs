@@ -30,6 +30,10 @@ pub struct RunConfig {
     pub health_addr: SocketAddr,
     pub capacity: Capacity,
     pub node: NodeContext,
+    /// `--terminate-sockets`: protocols whose sockets on departed backends are ended.
+    pub terminate_sockets: crate::sockdestroy::Protocols,
+    pub socket_destroy_mechanism: crate::sockdestroy::MechanismChoice,
+    pub socket_lb_scope: crate::datapath::scope::SocketLbScope,
 }
 
 pub async fn run(cfg: RunConfig) -> Result<()> {
@@ -51,8 +55,17 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         pins: cfg.pins.clone(),
         cgroup,
         capacity: cfg.capacity,
+        config: crate::datapath::scope::config(cfg.socket_lb_scope)?,
     })?;
-    let _ebpf = loaded.ebpf; // programs stay loaded while we run
+    info!(scope = ?cfg.socket_lb_scope, "socket load balancing scope");
+    let mut ebpf = loaded.ebpf; // programs stay loaded while we run
+    let mut terminator = crate::sockdestroy::Terminator::new(
+        &mut ebpf,
+        loaded.sock_destroy_kfunc,
+        cfg.terminate_sockets,
+        cfg.socket_destroy_mechanism,
+        &cfg.pins,
+    );
     let mut syncer = Syncer::new(loaded.maps, cfg.capacity);
 
     let (tx, mut rx) = watch::channel::<Option<Snapshot>>(None);
@@ -82,7 +95,10 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                 if changed.is_err() { break; }
                 let snapshot = rx.borrow_and_update().clone();
                 if let Some(snapshot) = snapshot {
-                    tokio::task::block_in_place(|| apply(&mut syncer, &snapshot, &cfg.node, &metrics, &mut reported));
+                    tokio::task::block_in_place(|| {
+                        let departed = apply(&mut syncer, &snapshot, &cfg.node, &metrics, &mut reported);
+                        terminator.end_sockets(&departed, &metrics);
+                    });
                     mark_ready_once_in_sync(&ready, &syncer);
                 }
             }
@@ -90,7 +106,10 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
                 let snapshot = rx.borrow().clone();
                 if let Some(snapshot) = snapshot {
                     warn!("retrying the last sync, which had failed map writes");
-                    tokio::task::block_in_place(|| apply(&mut syncer, &snapshot, &cfg.node, &metrics, &mut reported));
+                    tokio::task::block_in_place(|| {
+                        let departed = apply(&mut syncer, &snapshot, &cfg.node, &metrics, &mut reported);
+                        terminator.end_sockets(&departed, &metrics);
+                    });
                     mark_ready_once_in_sync(&ready, &syncer);
                 }
             }
@@ -127,14 +146,16 @@ fn mark_ready_once_in_sync<D: Datapath>(ready: &Readiness, syncer: &Syncer<D>) {
 }
 
 /// Translates one snapshot and writes it to the maps, logging and counting what was skipped.
-/// Each problem is logged once, when it first appears, not on every sync.
+/// Each problem is logged once, when it first appears, not on every sync. Returns the
+/// backends that left their frontends (whose sockets are to be ended).
 pub fn apply<D: Datapath>(
     syncer: &mut Syncer<D>,
     snapshot: &Snapshot,
     node: &NodeContext,
     metrics: &Metrics,
     reported: &mut BTreeSet<String>,
-) {
+) -> BTreeSet<lb_common::SockTermKey> {
+    let mut departed = BTreeSet::new();
     let started = Instant::now();
     let t = translate_for(snapshot, node);
     let mut now = BTreeSet::new();
@@ -174,6 +195,7 @@ pub fn apply<D: Datapath>(
                 took_ms = started.elapsed().as_secs_f64() * 1e3,
                 "maps synced"
             );
+            departed = report.departed;
         }
         Err(e) => {
             error!(error = %format!("{e:#}"), "cannot read the maps; will retry on the next change");
@@ -185,6 +207,7 @@ pub fn apply<D: Datapath>(
         .sync_duration_seconds
         .observe(started.elapsed().as_secs_f64());
     *reported = now;
+    departed
 }
 
 async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {

@@ -11,5 +11,6 @@ pub mod inspect;
 pub mod k8s;
 pub mod metrics;
 pub mod probe;
+pub mod sockdestroy;
 pub mod source;
 pub mod sync;

@@ -21,6 +21,23 @@ impl ReasonLabel {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtoLabel {
+    pub proto: String,
+}
+
+impl ProtoLabel {
+    /// From an L4 protocol number.
+    pub fn new(l4: u8) -> Self {
+        let proto = match l4 {
+            lb_common::proto::TCP => "tcp".to_string(),
+            lb_common::proto::UDP => "udp".to_string(),
+            n => n.to_string(),
+        };
+        Self { proto }
+    }
+}
+
 /// Handles to every metric; cheap to clone (each is reference-counted).
 #[derive(Clone)]
 pub struct Metrics {
@@ -35,6 +52,8 @@ pub struct Metrics {
     pub frontends: Gauge,
     pub backends: Gauge,
     pub service_entries: Gauge,
+    pub sockets_destroyed: Family<ProtoLabel, Counter>,
+    pub socket_destroy_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -107,6 +126,18 @@ impl Metrics {
             "Entries in the service map (slot 0 plus one per backend of each frontend)",
             service_entries.clone(),
         );
+        let sockets_destroyed = Family::<ProtoLabel, Counter>::default();
+        r.register(
+            "sockets_destroyed",
+            "Sockets ended because their backend left the Service, by protocol",
+            sockets_destroyed.clone(),
+        );
+        let socket_destroy_failures = Counter::default();
+        r.register(
+            "socket_destroy_failures",
+            "Sockets on a departed backend that could not be ended, and namespaces that could not be searched",
+            socket_destroy_failures.clone(),
+        );
         Self {
             registry: Arc::new(r),
             manifest_errors,
@@ -119,6 +150,8 @@ impl Metrics {
             frontends,
             backends,
             service_entries,
+            sockets_destroyed,
+            socket_destroy_failures,
         }
     }
 

@@ -16,19 +16,23 @@ use aya::{Ebpf, EbpfLoader};
 use lb_common::{map_names, program_names};
 use tracing::{info, warn};
 
-use super::{EBPF_OBJECT, maps::BpfMaps, pins::PinPaths, system};
+use super::{EBPF_OBJECT, kfunc, maps::BpfMaps, pins::PinPaths, system};
 use crate::sync::Capacity;
 
 pub struct LoadOptions {
     pub pins: PinPaths,
     pub cgroup: PathBuf,
     pub capacity: Capacity,
+    /// What the socket hooks read from `LB_CONFIG` (e.g. the host-only scope).
+    pub config: lb_common::LbConfig,
 }
 
 /// The loaded object; keep it alive for as long as the agent runs.
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub maps: BpfMaps,
+    /// Whether the kernel has the `bpf_sock_destroy` kfunc (the socket iterators can run).
+    pub sock_destroy_kfunc: bool,
 }
 
 pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
@@ -49,18 +53,24 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
         .map_max_entries(map_names::SERVICES, opts.capacity.services)
         .map_max_entries(map_names::BACKENDS, opts.capacity.backends)
         .map_max_entries(map_names::REV_NAT, opts.capacity.rev_nat);
+    let object = kfunc::resolve_for_kernel(EBPF_OBJECT)?;
     let mut ebpf = loader
-        .load(EBPF_OBJECT)
+        .load(object.bytes())
         .context("loading the eBPF object (is this kernel >= 5.18 with BTF, and are we root?)")?;
 
     let maps = BpfMaps::from_ebpf(&mut ebpf)?;
+    super::scope::write(&mut ebpf, &opts.config)?;
     let cgroup = File::open(&opts.cgroup)
         .with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
     for name in program_names::ALL {
         attach_cgroup_program(&mut ebpf, name, &cgroup, &opts.pins)?;
     }
     info!(cgroup = %opts.cgroup.display(), pins = %opts.pins.root().display(), "programs attached");
-    Ok(Loaded { ebpf, maps })
+    Ok(Loaded {
+        ebpf,
+        maps,
+        sock_destroy_kfunc: object.has("bpf_sock_destroy"),
+    })
 }
 
 fn attach_cgroup_program(

@@ -1,9 +1,11 @@
 //! The kernel side as the agent sees it: where things are pinned, loading and attaching the
 //! programs, and the maps as a [`crate::sync::Datapath`].
 
+pub mod kfunc;
 pub mod loader;
 pub mod maps;
 pub mod pins;
+pub mod scope;
 pub mod system;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at build time.
