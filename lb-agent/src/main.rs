@@ -126,6 +126,10 @@ enum Command {
         /// Pause between attempts in milliseconds.
         #[arg(long, default_value_t = 0)]
         interval_ms: u64,
+        /// Keep one connected socket and ask over it every interval (new socket after an
+        /// error), printing one JSON line per attempt.
+        #[arg(long)]
+        hold: bool,
     },
 }
 
@@ -213,7 +217,18 @@ fn main() -> Result<()> {
             proto,
             timeout_ms,
             interval_ms,
+            hold,
         } => {
+            if hold {
+                probe::hold(
+                    target,
+                    count,
+                    proto,
+                    Duration::from_millis(timeout_ms),
+                    Duration::from_millis(interval_ms),
+                );
+                return Ok(());
+            }
             let s = probe::run(
                 target,
                 count,
