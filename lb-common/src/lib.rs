@@ -421,3 +421,17 @@ mod user_sock_term {
     unsafe impl bytemuck::Pod for SockRevNat {}
     unsafe impl aya::Pod for SockRevNat {}
 }
+
+#[cfg(test)]
+mod sock_term_tests {
+    use super::sock_term::*;
+
+    #[test]
+    fn only_connected_states_are_endable() {
+        assert!(endable_state(TCP_ESTABLISHED));
+        assert!(endable_state(2)); // SYN_SENT
+        for s in [TCP_TIME_WAIT, TCP_CLOSE, TCP_LISTEN, TCP_NEW_SYN_RECV] {
+            assert!(!endable_state(s), "{s}");
+        }
+    }
+}

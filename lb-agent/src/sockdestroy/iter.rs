@@ -42,7 +42,10 @@ pub fn setup(ebpf: &mut Ebpf, pins: &PinPaths) -> Result<IterMechanism> {
             .with_context(|| format!("taking the link of {name}"))?
             .try_into()
             .with_context(|| format!("{name}'s link is not an fd link"))?;
-        let path = pins.link(name);
+        // Beside, not among, the socket hooks' links.
+        let dir = pins.root().join("iter");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(name);
         if path.exists() {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
