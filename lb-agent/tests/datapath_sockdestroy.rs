@@ -18,19 +18,30 @@ use lb_testkit::{
 
 const AGENT: &str = env!("CARGO_BIN_EXE_lb-agent");
 const VIP: &str = "10.96.0.20";
+const VIP6: &str = "fd00:96::20";
 const UDP_PORT: u16 = 53;
 const TCP_PORT: u16 = 80;
 
 /// A Service with a UDP port (to the pods' UDP server) and a TCP port (to their long-lived TCP
 /// server), and its EndpointSlice with the given pods.
 fn manifests(ips: &[IpAddr]) -> (String, String) {
+    manifests_for(VIP, ips)
+}
+
+/// The same for `vip` (IPv4 or IPv6; `ips` of the same family).
+fn manifests_for(vip: &str, ips: &[IpAddr]) -> (String, String) {
+    let (families, address_type) = if vip.contains(':') {
+        ("  ipFamilies: [IPv6]\n", "IPv6")
+    } else {
+        ("", "IPv4")
+    };
     let svc = format!(
         "apiVersion: v1
 kind: Service
 metadata: {{name: held, namespace: default}}
 spec:
-  clusterIP: {VIP}
-  ports:
+  clusterIP: \"{vip}\"
+{families}  ports:
     - {{name: dns, protocol: UDP, port: {UDP_PORT}, targetPort: {POD_PORT}}}
     - {{name: hold, protocol: TCP, port: {TCP_PORT}, targetPort: {POD_HOLD_PORT}}}
 "
@@ -47,7 +58,7 @@ metadata:
   name: held-1
   namespace: default
   labels: {{kubernetes.io/service-name: held}}
-addressType: IPv4
+addressType: {address_type}
 ports:
   - {{name: dns, protocol: UDP, port: {POD_PORT}}}
   - {{name: hold, protocol: TCP, port: {POD_HOLD_PORT}}}
@@ -95,9 +106,27 @@ fn ends_sockets_on_a_departed_backend(
     agent_args: &[&str],
     mechanism: &str,
 ) -> Result<()> {
+    ends_sockets_on_a_departed_backend_at(VIP, proto, agent_args, mechanism)
+}
+
+fn pod_addr(p: &lb_testkit::Pod, v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(p.ip6)
+    } else {
+        IpAddr::V4(p.ip)
+    }
+}
+
+fn ends_sockets_on_a_departed_backend_at(
+    vip: &str,
+    proto: &str,
+    agent_args: &[&str],
+    mechanism: &str,
+) -> Result<()> {
+    let v6 = vip.contains(':');
     let mut sb = Sandbox::new(Path::new(AGENT), 3)?;
-    let ips: Vec<IpAddr> = sb.pod_ips().into_iter().map(IpAddr::V4).collect();
-    let (svc, slice) = manifests(&ips);
+    let ips: Vec<IpAddr> = sb.pods.iter().map(|p| pod_addr(p, v6)).collect();
+    let (svc, slice) = manifests_for(vip, &ips);
     sb.write_manifest("held.yaml", &svc)?;
     sb.write_manifest("held-eps.yaml", &slice)?;
     sb.start_agent(agent_args)?;
@@ -108,7 +137,7 @@ fn ends_sockets_on_a_departed_backend(
         sb.agent_log()
     );
     let port = if proto == "tcp" { TCP_PORT } else { UDP_PORT };
-    let target = SocketAddr::new(VIP.parse()?, port);
+    let target = SocketAddr::new(vip.parse()?, port);
 
     let (victim, victim_pod, survivor, survivor_pod) =
         two_clients_on_two_backends(&sb, target, proto)?;
@@ -126,7 +155,7 @@ fn ends_sockets_on_a_departed_backend(
     };
     let direct = sb.spawn_hold(
         &gone.netns,
-        SocketAddr::new(IpAddr::V4(gone.ip), direct_port),
+        SocketAddr::new(pod_addr(gone, v6), direct_port),
         proto,
         20,
     )?;
@@ -137,7 +166,7 @@ fn ends_sockets_on_a_departed_backend(
         .pods
         .iter()
         .filter(|p| p.name != victim_pod)
-        .map(|p| IpAddr::V4(p.ip))
+        .map(|p| pod_addr(p, v6))
         .collect();
     let (v0, s0, d0) = (
         victim.events().len(),
@@ -145,7 +174,7 @@ fn ends_sockets_on_a_departed_backend(
         direct.events().len(),
     );
     let removed_at = Instant::now();
-    sb.write_manifest("held-eps.yaml", &manifests(&live).1)?;
+    sb.write_manifest("held-eps.yaml", &manifests_for(vip, &live).1)?;
 
     let ev = victim
         .wait_until(Duration::from_secs(5), |e| !errors_after(e, v0).is_empty())
@@ -230,6 +259,34 @@ fn tcp_on_a_removed_backend_is_ended_by_the_iterator_with_udp_tcp() -> Result<()
         return Ok(());
     }
     ends_sockets_on_a_departed_backend("tcp", &["--terminate-sockets", "udp,tcp"], "bpf-iterator")
+}
+
+#[test]
+fn ipv6_udp_and_tcp_on_a_removed_backend_are_ended_by_both_mechanisms() -> Result<()> {
+    if !privileged_or_skip("sockdestroy ipv6") {
+        return Ok(());
+    }
+    for mechanism in ["auto", "netlink"] {
+        let expect = if mechanism == "auto" {
+            "bpf-iterator"
+        } else {
+            "netlink-sock-diag"
+        };
+        for proto in ["udp", "tcp"] {
+            ends_sockets_on_a_departed_backend_at(
+                VIP6,
+                proto,
+                &[
+                    "--terminate-sockets",
+                    "udp,tcp",
+                    "--socket-destroy-mechanism",
+                    mechanism,
+                ],
+                expect,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 #[test]
