@@ -92,7 +92,8 @@ pub struct Outcome {
     pub destroyed: BTreeMap<u8, u64>,
     /// Sockets that matched but could not be ended.
     pub failed: u64,
-    /// Errors that stopped part of the work (a namespace, a map write).
+    /// Errors that stopped part of the work (a namespace, a map write); each also counts as a
+    /// failure.
     pub errors: Vec<String>,
 }
 
@@ -139,16 +140,12 @@ impl Terminator {
         } else {
             Self::pick(ebpf, sock_destroy_kfunc, choice, pins)
         };
-        let name = match &mechanism {
-            Mechanism::Iter(_) => "bpf-iterator",
-            Mechanism::Netlink(_) => "netlink-sock-diag",
-            Mechanism::Disabled => "none",
-        };
-        info!(mechanism = name, protocols = %protocols, "socket termination for departed backends");
-        Self {
+        let t = Self {
             protocols,
             mechanism,
-        }
+        };
+        info!(mechanism = t.mechanism(), protocols = %protocols, "socket termination for departed backends");
+        t
     }
 
     fn pick(

@@ -268,7 +268,7 @@ impl NetlinkMechanism {
                             Ok(false) => {}
                             Err(e) => {
                                 outcome.failed += 1;
-                                outcome.errors.push(format!("SOCK_DESTROY: {e}"));
+                                tracing::warn!(error = %e, cookie = s.cookie, "SOCK_DESTROY failed");
                             }
                         }
                     }
