@@ -1,6 +1,6 @@
 //! `lb-agent run`: load and attach the datapath, follow a source, keep the maps in sync.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,7 +10,9 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::datapath::{loader, pins::PinPaths, system};
+use crate::hc_node_port::HealthCheckPorts;
 use crate::health::{self, Readiness};
+use crate::k8s::model::HealthCheck;
 use crate::k8s::{
     Snapshot,
     translate::{NodeContext, translate_for},
@@ -35,6 +37,10 @@ pub struct RunConfig {
     pub node_addrs: NodeAddrs,
     /// Interfaces for the XDP datapath (traffic from outside the node).
     pub xdp_ifaces: Vec<String>,
+    /// `--terminate-sockets`: protocols whose sockets on departed backends are ended.
+    pub terminate_sockets: crate::sockdestroy::Protocols,
+    pub socket_destroy_mechanism: crate::sockdestroy::MechanismChoice,
+    pub socket_lb_scope: crate::datapath::scope::SocketLbScope,
 }
 
 /// How often node addresses are re-read when they are discovered (NodePorts follow them).
@@ -60,9 +66,25 @@ pub async fn run(mut cfg: RunConfig) -> Result<()> {
         cgroup,
         capacity: cfg.capacity,
         xdp_ifaces: cfg.xdp_ifaces.clone(),
+        config: crate::datapath::scope::config(cfg.socket_lb_scope)?,
     })?;
-    let _ebpf = loaded.ebpf; // programs stay loaded while we run
-    let mut syncer = Syncer::new(loaded.maps, cfg.capacity);
+    info!(scope = ?cfg.socket_lb_scope, "socket load balancing scope");
+    let mut ebpf = loaded.ebpf; // programs stay loaded while we run
+    let terminator = crate::sockdestroy::Terminator::new(
+        &mut ebpf,
+        loaded.sock_destroy_kfunc,
+        cfg.terminate_sockets,
+        cfg.socket_destroy_mechanism,
+        &cfg.pins,
+    );
+    let mut xdp_stats = crate::datapath::xdp_stats::XdpStats::take(&mut ebpf)?;
+    let mut stats_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut rec = Reconciler {
+        syncer: Syncer::new(loaded.maps, cfg.capacity),
+        terminator,
+        health_check_ports: HealthCheckPorts::default(),
+        reported: BTreeSet::new(),
+    };
 
     let (tx, mut rx) = watch::channel::<Option<Snapshot>>(None);
     let source_task = match cfg.manifests {
@@ -78,7 +100,6 @@ pub async fn run(mut cfg: RunConfig) -> Result<()> {
     };
     let mut source_task = std::pin::pin!(source_task);
     let mut health_task = std::pin::pin!(health_task);
-    let mut reported = BTreeSet::new();
     // A sync with failed map writes is retried from the last snapshot even if nothing changes.
     let mut retry = tokio::time::interval(RETRY_INTERVAL);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -97,16 +118,21 @@ pub async fn run(mut cfg: RunConfig) -> Result<()> {
                 if changed.is_err() { break; }
                 let snapshot = rx.borrow_and_update().clone();
                 if let Some(snapshot) = snapshot {
-                    tokio::task::block_in_place(|| apply(&mut syncer, &snapshot, &cfg.node, &metrics, &mut reported));
-                    mark_ready_once_in_sync(&ready, &syncer);
+                    rec.reconcile(&snapshot, &cfg.node, &metrics).await;
+                    mark_ready_once_in_sync(&ready, &rec.syncer);
                 }
             }
-            _ = retry.tick(), if !syncer.in_sync() => {
+            _ = retry.tick(), if !rec.syncer.in_sync() => {
                 let snapshot = rx.borrow().clone();
                 if let Some(snapshot) = snapshot {
                     warn!("retrying the last sync, which had failed map writes");
-                    tokio::task::block_in_place(|| apply(&mut syncer, &snapshot, &cfg.node, &metrics, &mut reported));
-                    mark_ready_once_in_sync(&ready, &syncer);
+                    rec.reconcile(&snapshot, &cfg.node, &metrics).await;
+                    mark_ready_once_in_sync(&ready, &rec.syncer);
+                }
+            }
+            _ = stats_tick.tick() => {
+                if let Err(e) = xdp_stats.export(&metrics) {
+                    warn!(error = %format!("{e:#}"), "cannot read the XDP counters");
                 }
             }
             _ = node_addr_tick.tick(), if discovering => {
@@ -116,7 +142,7 @@ pub async fn run(mut cfg: RunConfig) -> Result<()> {
                         cfg.node.node_ips = ips;
                         let snapshot = rx.borrow().clone();
                         if let Some(snapshot) = snapshot {
-                            tokio::task::block_in_place(|| apply(&mut syncer, &snapshot, &cfg.node, &metrics, &mut reported));
+                            rec.reconcile(&snapshot, &cfg.node, &metrics).await;
                         }
                     }
                     Ok(_) => {}
@@ -148,6 +174,44 @@ pub async fn run(mut cfg: RunConfig) -> Result<()> {
     Ok(())
 }
 
+/// Everything a snapshot is applied to: the maps, the sockets on departed backends and the
+/// health check node ports.
+struct Reconciler {
+    syncer: Syncer<crate::datapath::maps::BpfMaps>,
+    terminator: crate::sockdestroy::Terminator,
+    health_check_ports: HealthCheckPorts,
+    /// Problems already logged (each is logged once, when it first appears).
+    reported: BTreeSet<String>,
+}
+
+impl Reconciler {
+    async fn reconcile(&mut self, snapshot: &Snapshot, node: &NodeContext, metrics: &Metrics) {
+        let applied = tokio::task::block_in_place(|| {
+            let applied = apply(
+                &mut self.syncer,
+                snapshot,
+                node,
+                metrics,
+                &mut self.reported,
+            );
+            self.terminator.end_sockets(&applied.departed, metrics);
+            applied
+        });
+        self.health_check_ports
+            .update(&applied.health_checks, metrics)
+            .await;
+    }
+}
+
+/// What applying a snapshot produced besides map writes.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Backends that left their frontends (whose sockets are to be ended).
+    pub departed: BTreeSet<lb_common::SockTermKey>,
+    /// Health check node ports to serve.
+    pub health_checks: BTreeMap<u16, HealthCheck>,
+}
+
 fn mark_ready_once_in_sync<D: Datapath>(ready: &Readiness, syncer: &Syncer<D>) {
     if !ready.is_ready() && syncer.in_sync() {
         ready.set_ready();
@@ -163,7 +227,8 @@ pub fn apply<D: Datapath>(
     node: &NodeContext,
     metrics: &Metrics,
     reported: &mut BTreeSet<String>,
-) {
+) -> Applied {
+    let mut departed = BTreeSet::new();
     let started = Instant::now();
     let t = translate_for(snapshot, node);
     let mut now = BTreeSet::new();
@@ -207,6 +272,7 @@ pub fn apply<D: Datapath>(
                 took_ms = started.elapsed().as_secs_f64() * 1e3,
                 "maps synced"
             );
+            departed = report.departed;
         }
         Err(e) => {
             error!(error = %format!("{e:#}"), "cannot read the maps; will retry on the next change");
@@ -218,6 +284,10 @@ pub fn apply<D: Datapath>(
         .sync_duration_seconds
         .observe(started.elapsed().as_secs_f64());
     *reported = now;
+    Applied {
+        departed,
+        health_checks: t.desired.health_checks,
+    }
 }
 
 async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {

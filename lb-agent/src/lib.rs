@@ -13,5 +13,6 @@ pub mod k8s;
 pub mod metrics;
 pub mod node_addrs;
 pub mod probe;
+pub mod sockdestroy;
 pub mod source;
 pub mod sync;

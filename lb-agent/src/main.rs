@@ -108,6 +108,18 @@ enum Command {
         /// Entries of the reverse-NAT map (one per frontend address and port).
         #[arg(long, default_value_t = lb_common::capacity::REV_NAT)]
         rev_nat_map_size: u32,
+        /// End sockets still connected to a backend that left its Service: `udp`, `udp,tcp`
+        /// or `none`.
+        #[arg(long, default_value = "udp", env = "LB_TERMINATE_SOCKETS")]
+        terminate_sockets: lb_agent::sockdestroy::Protocols,
+        /// How sockets are ended: BPF iterators when the kernel has them, else netlink
+        /// (`auto`), or always netlink sock_diag.
+        #[arg(long, value_enum, default_value = "auto")]
+        socket_destroy_mechanism: lb_agent::sockdestroy::MechanismChoice,
+        /// Which sockets are translated: `all`, or `host` (only the agent's network
+        /// namespace; for service meshes whose sidecars must see the Service address).
+        #[arg(long, value_enum, default_value = "all", env = "LB_SOCKET_LB_SCOPE")]
+        socket_lb_scope: lb_agent::datapath::scope::SocketLbScope,
     },
     /// Print the frontends and backends in the pinned maps (works without a running agent).
     Inspect {
@@ -137,6 +149,10 @@ enum Command {
         /// Pause between attempts in milliseconds.
         #[arg(long, default_value_t = 0)]
         interval_ms: u64,
+        /// Keep one connected socket and ask over it every interval (new socket after an
+        /// error), printing one JSON line per attempt.
+        #[arg(long)]
+        hold: bool,
     },
 }
 
@@ -188,6 +204,9 @@ fn main() -> Result<()> {
             services_map_size,
             backends_map_size,
             rev_nat_map_size,
+            terminate_sockets,
+            socket_destroy_mechanism,
+            socket_lb_scope,
         } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -215,6 +234,9 @@ fn main() -> Result<()> {
                 },
                 node_addrs: NodeAddrs::from_flags(node_ips),
                 xdp_ifaces,
+                terminate_sockets,
+                socket_destroy_mechanism,
+                socket_lb_scope,
             }))
         }
         Command::Inspect { pins, json } => {
@@ -247,7 +269,18 @@ fn main() -> Result<()> {
             proto,
             timeout_ms,
             interval_ms,
+            hold,
         } => {
+            if hold {
+                probe::hold(
+                    target,
+                    count,
+                    proto,
+                    Duration::from_millis(timeout_ms),
+                    Duration::from_millis(interval_ms),
+                );
+                return Ok(());
+            }
             let s = probe::run(
                 target,
                 count,

@@ -21,6 +21,28 @@ impl ReasonLabel {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtoLabel {
+    pub proto: String,
+}
+
+impl ProtoLabel {
+    /// From an L4 protocol number.
+    pub fn new(l4: u8) -> Self {
+        let proto = match l4 {
+            lb_common::proto::TCP => "tcp".to_string(),
+            lb_common::proto::UDP => "udp".to_string(),
+            n => n.to_string(),
+        };
+        Self { proto }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
 /// Handles to every metric; cheap to clone (each is reference-counted).
 #[derive(Clone)]
 pub struct Metrics {
@@ -35,6 +57,10 @@ pub struct Metrics {
     pub frontends: Gauge,
     pub backends: Gauge,
     pub service_entries: Gauge,
+    pub sockets_destroyed: Family<ProtoLabel, Counter>,
+    pub socket_destroy_failures: Counter,
+    /// Packets of the XDP/TC datapath by what happened to them (from `LB_XDP_STATS`).
+    pub xdp_packets: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -107,6 +133,24 @@ impl Metrics {
             "Entries in the service map (slot 0 plus one per backend of each frontend)",
             service_entries.clone(),
         );
+        let sockets_destroyed = Family::<ProtoLabel, Counter>::default();
+        r.register(
+            "sockets_destroyed",
+            "Sockets ended because their backend left the Service, by protocol",
+            sockets_destroyed.clone(),
+        );
+        let socket_destroy_failures = Counter::default();
+        r.register(
+            "socket_destroy_failures",
+            "Sockets on a departed backend that could not be ended, and namespaces that could not be searched",
+            socket_destroy_failures.clone(),
+        );
+        let xdp_packets = Family::<ResultLabel, Counter>::default();
+        r.register(
+            "xdp_packets",
+            "Packets seen by the XDP forward path and the TC reply path, by result: passed (no frontend), forwarded, dropped_source_range, dropped_no_backend, replies, fragments",
+            xdp_packets.clone(),
+        );
         Self {
             registry: Arc::new(r),
             manifest_errors,
@@ -119,6 +163,9 @@ impl Metrics {
             frontends,
             backends,
             service_entries,
+            sockets_destroyed,
+            socket_destroy_failures,
+            xdp_packets,
         }
     }
 

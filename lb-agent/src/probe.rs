@@ -41,6 +41,8 @@ pub fn errno_name(e: &std::io::Error) -> String {
         Some(libc::ECONNABORTED) => "ECONNABORTED".into(),
         Some(libc::EPERM) => "EPERM".into(),
         Some(libc::EAGAIN) => "EAGAIN".into(),
+        Some(libc::EDESTADDRREQ) => "EDESTADDRREQ".into(),
+        Some(libc::EPIPE) => "EPIPE".into(),
         Some(n) => format!("errno-{n}"),
         None if e.kind() == std::io::ErrorKind::TimedOut
             || e.kind() == std::io::ErrorKind::WouldBlock =>
@@ -134,4 +136,97 @@ pub fn run(
     }
     let _ = std::io::stdout().flush();
     sum
+}
+
+/// One attempt of [`hold`], printed as a JSON line as it happens.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HoldEvent {
+    /// Milliseconds since the start.
+    pub ms: u64,
+    /// The answer, or the error (errno name) of this attempt.
+    pub reply: Option<String>,
+    pub error: Option<String>,
+    /// Whether this attempt opened a new socket (the first, and each one after an error).
+    pub new_socket: bool,
+}
+
+enum Held {
+    Tcp(TcpStream),
+    Udp(UdpSocket),
+}
+
+fn hold_connect(target: SocketAddr, proto: ProbeProto, timeout: Duration) -> std::io::Result<Held> {
+    Ok(match proto {
+        ProbeProto::Tcp => {
+            let s = TcpStream::connect_timeout(&target, timeout)?;
+            s.set_read_timeout(Some(timeout))?;
+            Held::Tcp(s)
+        }
+        ProbeProto::Udp | ProbeProto::UdpUnconnected => {
+            let s = udp_socket(target, timeout)?;
+            s.connect(target)?;
+            Held::Udp(s)
+        }
+    })
+}
+
+fn hold_ask(held: &mut Held) -> std::io::Result<String> {
+    let mut buf = [0u8; 512];
+    let n = match held {
+        Held::Tcp(s) => {
+            s.write_all(b"?\n")?;
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+            n
+        }
+        Held::Udp(s) => {
+            s.send(b"?")?;
+            s.recv(&mut buf)?
+        }
+    };
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+/// Keeps one connected socket (TCP, or connected UDP) and asks over it every `interval`, the
+/// way a long-lived client or a DNS resolver does; after an error it opens a new socket. Each
+/// attempt is printed at once as a [`HoldEvent`] JSON line.
+pub fn hold(
+    target: SocketAddr,
+    count: u32,
+    proto: ProbeProto,
+    timeout: Duration,
+    interval: Duration,
+) {
+    let start = std::time::Instant::now();
+    let mut held: Option<Held> = None;
+    let mut out = std::io::stdout().lock();
+    for i in 0..count {
+        if i > 0 {
+            std::thread::sleep(interval);
+        }
+        let new_socket = held.is_none();
+        let r = match held.take() {
+            Some(h) => Ok(h),
+            None => hold_connect(target, proto, timeout),
+        }
+        .and_then(|mut h| hold_ask(&mut h).map(|reply| (h, reply)));
+        let mut ev = HoldEvent {
+            ms: start.elapsed().as_millis() as u64,
+            new_socket,
+            ..Default::default()
+        };
+        match r {
+            Ok((h, reply)) => {
+                held = Some(h);
+                ev.reply = Some(reply);
+            }
+            Err(e) => ev.error = Some(errno_name(&e)),
+        }
+        if serde_json::to_writer(&mut out, &ev).is_err() || writeln!(out).is_err() {
+            return;
+        }
+        let _ = out.flush();
+    }
 }

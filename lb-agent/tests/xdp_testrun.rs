@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use aya::maps::{PerCpuArray, PerCpuValues};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
-use lb_agent::datapath::{EBPF_OBJECT, maps::BpfMaps};
+use lb_agent::datapath::{EBPF_OBJECT, kfunc, maps::BpfMaps};
 use lb_agent::k8s::{
     Snapshot,
     translate::{NodeContext, translate_for},
@@ -89,9 +89,11 @@ fn sync(syncer: &mut Syncer<BpfMaps>, pods: &[u8]) -> Result<()> {
 impl Rig {
     fn new() -> Result<Self> {
         let cap = capacity();
+        // The object as the agent loads it: kfunc calls resolved for this kernel.
+        let object = kfunc::resolve_for_kernel(EBPF_OBJECT)?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::MAGLEV, cap.maglev_size * cap.maglev_tables)
-            .load(EBPF_OBJECT)
+            .load(object.bytes())
             .context("loading the object")?;
         let maps = BpfMaps::from_ebpf(&mut ebpf)?;
         let xdp: &mut Xdp = ebpf

@@ -471,3 +471,116 @@ mod tests {
         );
     }
 }
+
+/// Ending sockets that are connected to a backend which left its Service, and the agent's
+/// run-time settings the socket hooks read.
+pub mod sock_term {
+    /// Names of the two maps (not pinned: each agent fills its own).
+    pub const TERM_MAP: &str = "LB_SOCK_TERM";
+    pub const CONFIG_MAP: &str = "LB_CONFIG";
+    /// Entries of [`TERM_MAP`]; the agent fills it in batches of at most this many.
+    pub const TERM_CAPACITY: u32 = 4096;
+    /// The socket iterator programs (sections `iter/udp` and `iter/tcp`).
+    pub const ITER_UDP: &str = "lb_iter_udp";
+    pub const ITER_TCP: &str = "lb_iter_tcp";
+    /// What an iterator writes to its output per socket it tried to end.
+    pub const OUT_DESTROYED: u8 = b'd';
+    pub const OUT_FAILED: u8 = b'f';
+    /// Socket states never ended (as in the kernel's `include/net/tcp_states.h`).
+    pub const TCP_ESTABLISHED: u8 = 1;
+    pub const TCP_TIME_WAIT: u8 = 6;
+    pub const TCP_CLOSE: u8 = 7;
+    pub const TCP_LISTEN: u8 = 10;
+    pub const TCP_NEW_SYN_RECV: u8 = 12;
+    /// Whether a socket in `state` may be ended: not TIME_WAIT, LISTEN, NEW_SYN_RECV, and
+    /// not an unconnected (CLOSE) one.
+    pub const fn endable_state(state: u8) -> bool {
+        !matches!(
+            state,
+            TCP_TIME_WAIT | TCP_CLOSE | TCP_LISTEN | TCP_NEW_SYN_RECV
+        )
+    }
+    /// The kernel's `struct sock_common` fields the iterators read, by offset. The prefix up
+    /// to `skc_state` has not moved in many years; `skc_v6_daddr` sits after `skc_net`
+    /// (64-bit, CONFIG_NET_NS, CONFIG_IPV6). A wrong read cannot end a wrong socket: a socket
+    /// is only ended when its cookie and address are also in `LB_SOCK_REVNAT`.
+    pub const SKC_DADDR: usize = 0;
+    pub const SKC_DPORT: usize = 12;
+    pub const SKC_FAMILY: usize = 16;
+    pub const SKC_STATE: usize = 18;
+    pub const SKC_V6_DADDR: usize = 56;
+    pub const AF_INET: u16 = 2;
+    pub const AF_INET6: u16 = 10;
+}
+
+/// Bits of [`LbConfig::flags`].
+pub mod config_flags {
+    /// `--socket-lb-scope host`: translate only sockets in the agent's network namespace.
+    pub const HOST_ONLY: u32 = 1 << 0;
+}
+
+/// The one entry of the `LB_CONFIG` array: settings the socket hooks read at run time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LbConfig {
+    /// [`config_flags`] bits.
+    pub flags: u32,
+    pub _pad: u32,
+    /// Network namespace cookie of the agent (`SO_NETNS_COOKIE`), for `HOST_ONLY`.
+    pub netns_cookie: u64,
+}
+
+/// Key of `LB_SOCK_TERM`: a backend that left the frontend with `rev_nat_id`. Sockets
+/// translated through that frontend (per `LB_SOCK_REVNAT`) and still connected to the backend
+/// are ended.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SockTermKey {
+    /// Backend address; IPv4 as `::ffff:a.b.c.d`.
+    pub addr: [u8; 16],
+    /// Backend port, host byte order.
+    pub port: u16,
+    /// [`proto`] number.
+    pub proto: u8,
+    pub _pad: u8,
+    pub rev_nat_id: u16,
+}
+
+const _: () = {
+    use core::mem::{align_of, size_of};
+    assert!(size_of::<LbConfig>() == 16 && align_of::<LbConfig>() == 8);
+    assert!(size_of::<SockTermKey>() == 22 && align_of::<SockTermKey>() == 2);
+};
+
+#[cfg(feature = "user")]
+mod user_sock_term {
+    use super::*;
+    // SAFETY: repr(C), integer fields and explicit padding only (asserted above).
+    unsafe impl bytemuck::Zeroable for LbConfig {}
+    unsafe impl bytemuck::Pod for LbConfig {}
+    unsafe impl aya::Pod for LbConfig {}
+    unsafe impl bytemuck::Zeroable for SockTermKey {}
+    unsafe impl bytemuck::Pod for SockTermKey {}
+    unsafe impl aya::Pod for SockTermKey {}
+    // Read by the agent when it ends sockets through netlink.
+    unsafe impl bytemuck::Zeroable for SockRevNatKey {}
+    unsafe impl bytemuck::Pod for SockRevNatKey {}
+    unsafe impl aya::Pod for SockRevNatKey {}
+    unsafe impl bytemuck::Zeroable for SockRevNat {}
+    unsafe impl bytemuck::Pod for SockRevNat {}
+    unsafe impl aya::Pod for SockRevNat {}
+}
+
+#[cfg(test)]
+mod sock_term_tests {
+    use super::sock_term::*;
+
+    #[test]
+    fn only_connected_states_are_endable() {
+        assert!(endable_state(TCP_ESTABLISHED));
+        assert!(endable_state(2)); // SYN_SENT
+        for s in [TCP_TIME_WAIT, TCP_CLOSE, TCP_LISTEN, TCP_NEW_SYN_RECV] {
+            assert!(!endable_state(s), "{s}");
+        }
+    }
+}

@@ -3,6 +3,8 @@
 #![no_std]
 #![no_main]
 
+mod host_scope;
+mod iter;
 mod maps;
 mod packet;
 mod sock;

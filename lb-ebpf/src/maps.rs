@@ -87,3 +87,17 @@ impl Tables for Maps {
         unsafe { LB_AFFINITY.get(key).copied() }
     }
 }
+
+/// Backends whose sockets the agent is ending right now (filled just before it runs the
+/// socket iterators, emptied after).
+#[btf_map]
+pub static LB_SOCK_TERM: HashMap<
+    lb_common::SockTermKey,
+    u8,
+    { lb_common::sock_term::TERM_CAPACITY as usize },
+> = HashMap::new();
+
+/// Run-time settings of the socket hooks (one entry), e.g. `--socket-lb-scope host`.
+#[btf_map]
+pub static LB_CONFIG: aya_ebpf::btf_maps::Array<lb_common::LbConfig, 1> =
+    aya_ebpf::btf_maps::Array::new();

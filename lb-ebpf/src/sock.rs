@@ -101,6 +101,9 @@ fn set_destination<const V6: bool>(sa: &mut bpf_sock_addr, addr: &[u8; 16], port
 /// IPv4 mapped.
 #[inline(always)]
 fn translate<const V6: bool>(ctx: &SockAddrContext, l4: u8) -> i32 {
+    if crate::host_scope::out_of_scope(ctx) {
+        return ALLOW;
+    }
     // SAFETY: the kernel hands every cgroup sock_addr program a valid bpf_sock_addr.
     let sa = unsafe { &mut *ctx.sock_addr };
     let (daddr, dport) = destination::<V6>(sa);
@@ -173,6 +176,9 @@ pub fn sendmsg<const V6: bool>(ctx: &SockAddrContext) -> i32 {
 /// frontend back.
 #[inline(always)]
 pub fn restore<const V6: bool>(ctx: &SockAddrContext) -> i32 {
+    if crate::host_scope::out_of_scope(ctx) {
+        return ALLOW;
+    }
     // SAFETY: as above.
     let sa = unsafe { &mut *ctx.sock_addr };
     let (addr, port) = destination::<V6>(sa);

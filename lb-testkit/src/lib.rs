@@ -29,6 +29,8 @@ pub use server::PodServer;
 
 /// Port every pod serves on (TCP and UDP).
 pub const POD_PORT: u16 = 8080;
+/// Port every pod serves long-lived TCP connections on (answers each read, never closes).
+pub const POD_HOLD_PORT: u16 = POD_PORT + 1;
 
 /// Only one sandbox at a time per process: tests that assert on convergence must not compete
 /// with each other for the machine's two cores.
@@ -88,6 +90,8 @@ pub struct Sandbox {
     /// An "outside" client namespace behind the node's `ext0`, once [`Sandbox::add_outside`]
     /// made it.
     pub outside_netns: Option<String>,
+    /// Namespaces made by [`Sandbox::add_pod_client`], removed on drop.
+    extra_netns: Vec<String>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -180,6 +184,7 @@ impl Sandbox {
             agent: None,
             agent_netns: None,
             outside_netns: None,
+            extra_netns: Vec::new(),
             _serial: serial,
         };
         // From here on Drop cleans up whatever was made.
@@ -351,41 +356,17 @@ impl Sandbox {
         netns::run_in(&ns, move || http_get(addr, &path))
     }
 
-    /// An HTTP GET to the agent's health address, from the namespace the agent runs in.
-    pub fn health_get(&self, path: &str) -> Result<(u16, String)> {
-        match &self.agent_netns {
-            None => http_get(self.health_addr, path),
-            Some(ns) => {
-                let (addr, path) = (self.health_addr, path.to_string());
-                netns::run_in(ns, move || http_get(addr, &path))
-            }
-        }
-    }
-
     /// Starts `lb-agent run` inside the node (the client namespace), as a hostNetwork
     /// DaemonSet runs, so that `--xdp-iface ext0` and the node's addresses are its own.
     pub fn start_agent_in_node(&mut self, extra: &[&str]) -> Result<()> {
-        self.agent_netns = Some(self.client_netns.clone());
-        self.start_agent(extra)
+        let ns = self.client_netns.clone();
+        self.start_agent_in(&ns, extra)
     }
 
     /// Starts `lb-agent run` on this sandbox and waits until /readyz answers 200.
     pub fn start_agent(&mut self, extra: &[&str]) -> Result<()> {
         let log = File::create(self.workdir.join("agent.log"))?;
-        let mut cmd = Command::new(&self.agent_bin);
-        if let Some(ns) = &self.agent_netns {
-            let ns = File::open(netns::path(ns))?;
-            // SAFETY: only setns (async-signal-safe) between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let child = cmd
+        let child = Command::new(&self.agent_bin)
             .arg("run")
             .arg("--manifests")
             .arg(&self.manifests)
@@ -570,7 +551,7 @@ impl Drop for Sandbox {
         for p in &self.pods {
             let _ = netns::delete(&p.netns);
         }
-        if let Some(ns) = &self.outside_netns {
+        for ns in self.extra_netns.iter().chain(&self.outside_netns) {
             let _ = netns::delete(ns);
         }
         let _ = netns::delete(&self.client_netns);
@@ -602,4 +583,225 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((code, body))
+}
+
+/// One attempt of a long-lived client (`lb-agent probe --hold`), as it printed it.
+#[derive(Debug, Default, Clone, serde::Deserialize, serde::Serialize)]
+pub struct HoldEvent {
+    pub ms: u64,
+    pub reply: Option<String>,
+    pub error: Option<String>,
+    pub new_socket: bool,
+}
+
+/// A client holding one connected socket and asking over it in a loop, in the background.
+pub struct HoldClient {
+    child: Child,
+    events: std::sync::Arc<Mutex<Vec<HoldEvent>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HoldClient {
+    /// Every attempt so far.
+    pub fn events(&self) -> Vec<HoldEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Waits until `done` holds for the events so far; the events on timeout as the error.
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[HoldEvent]) -> bool,
+    ) -> Result<Vec<HoldEvent>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ev = self.events();
+            if done(&ev) {
+                return Ok(ev);
+            }
+            if Instant::now() > deadline {
+                bail!("condition not met within {timeout:?}; events: {ev:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for HoldClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Sandbox {
+    /// A command that runs inside namespace `ns` and the sandbox cgroup (so the socket hooks
+    /// apply to it).
+    pub fn command_in(&self, ns: &str, program: &Path) -> Result<Command> {
+        let ns = File::open(netns::path(ns))?;
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.cgroup.join("cgroup.procs"))?;
+        let mut cmd = Command::new(program);
+        // SAFETY: only async-signal-safe calls (write, setns) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+
+    /// Starts `lb-agent probe --hold` in namespace `ns` (and the sandbox cgroup): one connected
+    /// socket to `target`, asked every `interval_ms`, a new socket after each error.
+    pub fn spawn_hold(
+        &self,
+        ns: &str,
+        target: SocketAddr,
+        proto: &str,
+        interval_ms: u32,
+    ) -> Result<HoldClient> {
+        let mut child = self
+            .command_in(ns, &self.agent_bin)?
+            .args(["probe", "--hold", "--target", &target.to_string()])
+            .args([
+                "--proto",
+                proto,
+                "--count",
+                "1000000",
+                "--timeout-ms",
+                "500",
+            ])
+            .args(["--interval-ms", &interval_ms.to_string()])
+            .env("RUST_BACKTRACE", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let events = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(ev) = serde_json::from_str::<HoldEvent>(&line) {
+                    sink.lock().unwrap_or_else(|p| p.into_inner()).push(ev);
+                }
+            }
+        });
+        Ok(HoldClient {
+            child,
+            events,
+            reader: Some(reader),
+        })
+    }
+
+    /// A "pod" namespace for clients (`<id>-k<n>`, 10.245.<n>.2) behind a veth to the client
+    /// namespace, which then acts as the node: it forwards, and the new namespace routes only
+    /// the pod subnets (10.244.0.0/16) through it, so a ClusterIP that is not translated is
+    /// unreachable there.
+    pub fn add_pod_client(&mut self) -> Result<String> {
+        let n = self.extra_netns.len() + 1;
+        let ns = format!("{}-k{n}", self.id);
+        netns::create(&ns)?;
+        self.extra_netns.push(ns.clone());
+        let host_if = format!("k{n}");
+        let gw = format!("10.245.{n}.1");
+        netns::veth(&self.client_netns, &host_if, &ns, "eth0")?;
+        netns::ip(
+            &self.client_netns,
+            &["addr", "add", &format!("{gw}/24"), "dev", &host_if],
+        )?;
+        netns::ip(&self.client_netns, &["link", "set", &host_if, "up"])?;
+        netns::sysctl(&self.client_netns, "net/ipv4/ip_forward", "1")?;
+        netns::ip(&ns, &["link", "set", "lo", "up"])?;
+        netns::ip(
+            &ns,
+            &["addr", "add", &format!("10.245.{n}.2/24"), "dev", "eth0"],
+        )?;
+        netns::ip(&ns, &["link", "set", "eth0", "up"])?;
+        netns::ip(&ns, &["route", "add", "10.244.0.0/16", "via", &gw])?;
+        Ok(ns)
+    }
+
+    /// Starts `lb-agent run` inside namespace `ns` (e.g. the client namespace as a test
+    /// "node"), and waits until it is ready; its health port is then inside `ns` too.
+    pub fn start_agent_in(&mut self, ns: &str, extra: &[&str]) -> Result<()> {
+        let log = File::create(self.workdir.join("agent.log"))?;
+        let nsfile = File::open(netns::path(ns))?;
+        let mut cmd = Command::new(&self.agent_bin);
+        cmd.arg("run")
+            .arg("--manifests")
+            .arg(&self.manifests)
+            .arg("--pin-dir")
+            .arg(&self.id)
+            .arg("--cgroup")
+            .arg(&self.cgroup)
+            .arg("--health-addr")
+            .arg(self.health_addr.to_string())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env("RUST_BACKTRACE", "0")
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: only setns between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(nsfile.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.agent_bin.display()))?;
+        self.agent = Some(child);
+        self.agent_netns = Some(ns.to_string());
+        self.wait_ready(Duration::from_secs(30))
+    }
+
+    /// GET on the agent's health server, in whichever namespace it runs.
+    pub fn health_get(&self, path: &str) -> Result<(u16, String)> {
+        let addr = self.health_addr;
+        match &self.agent_netns {
+            None => http_get(addr, path),
+            Some(ns) => {
+                let path = path.to_string();
+                netns::run_in(ns, move || http_get(addr, &path))
+            }
+        }
+    }
+
+    /// The agent's `/metrics` text.
+    pub fn metrics(&self) -> Result<String> {
+        let (code, body) = self.health_get("/metrics")?;
+        if code != 200 {
+            bail!("/metrics answered {code}");
+        }
+        Ok(body)
+    }
+}
+
+/// The value of a metric line that starts with `name_and_labels` (0 when absent).
+pub fn metric_value(metrics: &str, name_and_labels: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(name_and_labels)?;
+            rest.trim().parse().ok()
+        })
+        .unwrap_or(0.0)
 }

@@ -1,6 +1,7 @@
 //! What each sandbox pod runs: a TCP server that writes the pod's name and closes (the server
 //! closes first, so TIME_WAIT stays on the server side and client ports are reusable), and a
-//! UDP server that answers every datagram with the pod's name.
+//! UDP server that answers every datagram with the pod's name; on `port + 1` a TCP server that
+//! keeps each connection open and answers every read with the pod's name (long-lived clients).
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -35,20 +36,23 @@ impl PodServer {
         let (s, t, u) = (stop.clone(), tcp_accepts.clone(), udp_requests.clone());
         let p = peers.clone();
         let thread = std::thread::spawn(move || {
-            let sockets = (|| -> Result<(TcpListener, UdpSocket)> {
+            let sockets = (|| -> Result<(TcpListener, UdpSocket, TcpListener)> {
                 netns::enter(&ns)?;
                 // [::] with the default bindv6only=0 serves IPv4 and IPv6.
                 let any = SocketAddr::from(([0u16; 8], port));
                 let tcp = TcpListener::bind(any).context("binding the pod's TCP port")?;
                 let udp = UdpSocket::bind(any).context("binding the pod's UDP port")?;
+                let hold = TcpListener::bind(SocketAddr::from(([0u16; 8], port + 1)))
+                    .context("binding the pod's long-lived TCP port")?;
                 tcp.set_nonblocking(true)?;
                 udp.set_nonblocking(true)?;
-                Ok((tcp, udp))
+                hold.set_nonblocking(true)?;
+                Ok((tcp, udp, hold))
             })();
             match sockets {
-                Ok((tcp, udp)) => {
+                Ok((tcp, udp, hold)) => {
                     let _ = ready_tx.send(Ok(()));
-                    serve(&name, &tcp, &udp, &s, &t, &u, &p);
+                    serve(&name, &tcp, &udp, &hold, &s, &t, &u, &p);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -96,6 +100,7 @@ fn serve(
     name: &str,
     tcp: &TcpListener,
     udp: &UdpSocket,
+    hold: &TcpListener,
     stop: &AtomicBool,
     accepts: &AtomicU64,
     requests: &AtomicU64,
@@ -111,25 +116,45 @@ fn serve(
         }
     };
     let reply = format!("{name}\n");
-    let mut fds = [
-        libc::pollfd {
-            fd: tcp.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: udp.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
+    let pollin = |fd: i32| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut held: Vec<std::net::TcpStream> = Vec::new();
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
-        // SAFETY: fds is a valid array of two pollfd for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 100) };
+        let mut fds = vec![
+            pollin(tcp.as_raw_fd()),
+            pollin(udp.as_raw_fd()),
+            pollin(hold.as_raw_fd()),
+        ];
+        fds.extend(held.iter().map(|c| pollin(c.as_raw_fd())));
+        // SAFETY: fds is a valid array of pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
         if n <= 0 {
             continue;
         }
+        while let Ok((conn, _)) = hold.accept() {
+            if conn.set_nonblocking(true).is_ok() {
+                held.push(conn);
+            }
+        }
+        // Answer every read; drop connections that ended or failed.
+        held.retain_mut(|c| {
+            loop {
+                match std::io::Read::read(c, &mut buf) {
+                    Ok(0) => break false,
+                    Ok(_) => {
+                        if c.write_all(reply.as_bytes()).is_err() {
+                            break false;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break true,
+                    Err(_) => break false,
+                }
+            }
+        });
         while let Ok((mut conn, peer)) = tcp.accept() {
             accepts.fetch_add(1, Ordering::Relaxed);
             seen(peer);

@@ -21,7 +21,7 @@ use aya::{Ebpf, EbpfLoader};
 use lb_common::{map_names, program_names};
 use tracing::{info, warn};
 
-use super::{EBPF_OBJECT, maps::BpfMaps, pins::PinPaths, system};
+use super::{EBPF_OBJECT, kfunc, maps::BpfMaps, pins::PinPaths, system};
 use crate::sync::Capacity;
 
 pub struct LoadOptions {
@@ -30,12 +30,16 @@ pub struct LoadOptions {
     pub capacity: Capacity,
     /// Interfaces that get the XDP forward path and the TC reply path.
     pub xdp_ifaces: Vec<String>,
+    /// What the socket hooks read from `LB_CONFIG` (e.g. the host-only scope).
+    pub config: lb_common::LbConfig,
 }
 
 /// The loaded object; keep it alive for as long as the agent runs.
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub maps: BpfMaps,
+    /// Whether the kernel has the `bpf_sock_destroy` kfunc (the socket iterators can run).
+    pub sock_destroy_kfunc: bool,
 }
 
 pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
@@ -63,11 +67,13 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
                 .checked_mul(opts.capacity.maglev_tables)
                 .context("--maglev-table-size x --maglev-tables overflows")?,
         );
+    let object = kfunc::resolve_for_kernel(EBPF_OBJECT)?;
     let mut ebpf = loader
-        .load(EBPF_OBJECT)
+        .load(object.bytes())
         .context("loading the eBPF object (is this kernel >= 5.18 with BTF, and are we root?)")?;
 
     let maps = BpfMaps::from_ebpf(&mut ebpf)?;
+    super::scope::write(&mut ebpf, &opts.config)?;
     let cgroup = File::open(&opts.cgroup)
         .with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
     for name in program_names::ALL {
@@ -77,7 +83,11 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
     if !opts.xdp_ifaces.is_empty() {
         attach_external(&mut ebpf, &opts.xdp_ifaces, &opts.pins)?;
     }
-    Ok(Loaded { ebpf, maps })
+    Ok(Loaded {
+        ebpf,
+        maps,
+        sock_destroy_kfunc: object.has("bpf_sock_destroy"),
+    })
 }
 
 /// Whether a pinned link exists at `path` (opened), or not.

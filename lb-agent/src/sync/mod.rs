@@ -40,6 +40,8 @@ pub struct SyncReport {
     pub frontends: usize,
     pub backends: usize,
     pub service_entries: usize,
+    /// (backend, frontend) pairs that left in this sync: their sockets are ended.
+    pub departed: std::collections::BTreeSet<lb_common::SockTermKey>,
 }
 
 pub struct Syncer<D> {
@@ -90,6 +92,7 @@ impl<D: Datapath> Syncer<D> {
             frontends: plan.target.frontends().count(),
             backends: plan.target.backends.len(),
             service_entries: plan.target.services.len(),
+            departed: crate::sockdestroy::departed(&current, &plan.target),
             ..Default::default()
         };
         for op in &plan.ops {
