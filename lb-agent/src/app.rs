@@ -64,7 +64,15 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         None => {
             let client = kube_client(cfg.kubeconfig.as_deref()).await?;
             info!("source: Kubernetes API");
-            tokio::spawn(source::kube::watch_cluster(client, tx, metrics.clone()))
+            let opts = source::kube::ClusterOptions {
+                node_name: cfg.node.node_name.clone(),
+            };
+            tokio::spawn(source::kube::watch_cluster_with(
+                client,
+                tx,
+                metrics.clone(),
+                opts,
+            ))
         }
     };
     let mut source_task = std::pin::pin!(source_task);
@@ -138,6 +146,14 @@ pub fn apply<D: Datapath>(
     let started = Instant::now();
     let t = translate_for(snapshot, node);
     let mut now = BTreeSet::new();
+    // This node's zone (from its Node object or a Node manifest), for topology-aware routing.
+    if let Some(zone) = snapshot.zone(node.node_name.as_deref()) {
+        let line = format!("zone:{zone}");
+        if !reported.contains(&line) {
+            info!(zone, "this node's zone");
+        }
+        now.insert(line);
+    }
     for p in &t.problems {
         let line = p.to_string();
         if !reported.contains(&line) {

@@ -151,6 +151,7 @@ mod tests {
         let t = translate(&Snapshot {
             services: vec![serde_json::from_value(svc).unwrap()],
             slices: vec![serde_json::from_value(slice).unwrap()],
+            ..Default::default()
         });
         let mut s = Syncer::new(MapState::default(), Capacity::default());
         s.sync(&t.desired).unwrap();

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub frontends: Gauge,
     pub backends: Gauge,
     pub service_entries: Gauge,
+    pub snapshots_published: Counter,
 }
 
 impl Default for Metrics {
@@ -107,6 +108,12 @@ impl Metrics {
             "Entries in the service map (slot 0 plus one per backend of each frontend)",
             service_entries.clone(),
         );
+        let snapshots_published = Counter::default();
+        r.register(
+            "snapshots_published",
+            "Views of the cluster the source handed to the sync loop (a burst of changes folds into one)",
+            snapshots_published.clone(),
+        );
         Self {
             registry: Arc::new(r),
             manifest_errors,
@@ -119,6 +126,7 @@ impl Metrics {
             frontends,
             backends,
             service_entries,
+            snapshots_published,
         }
     }
 

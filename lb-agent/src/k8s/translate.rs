@@ -415,6 +415,7 @@ mod tests {
                 {"addresses": ["10.244.1.2"], "conditions": {"ready": true}},
                 {"addresses": ["10.244.2.2"]}
             ]))],
+            ..Default::default()
         });
         assert!(t.problems.is_empty(), "{:?}", t.problems);
         assert_eq!(
@@ -439,6 +440,7 @@ mod tests {
                 {"addresses": ["10.244.1.2"], "conditions": {"ready": false}},
                 {"addresses": ["10.244.2.2"], "conditions": {"ready": true}}
             ]))],
+            ..Default::default()
         });
         assert_eq!(
             backend_ips(&t, &frontend("10.96.0.20", 80)),
@@ -456,6 +458,7 @@ mod tests {
         let t = translate(&Snapshot {
             services: vec![web_service()],
             slices: vec![web_slice(eps)],
+            ..Default::default()
         });
         assert_eq!(
             backend_ips(&t, &frontend("10.96.0.20", 80)),
@@ -469,6 +472,7 @@ mod tests {
         let t = translate(&Snapshot {
             services: vec![web_service()],
             slices: vec![web_slice(eps)],
+            ..Default::default()
         });
         assert_eq!(
             backend_ips(&t, &frontend("10.96.0.20", 80)),
@@ -486,6 +490,7 @@ mod tests {
                 {"addresses": ["10.244.1.2"], "nodeName": "node-a"},
                 {"addresses": ["10.244.2.2"], "nodeName": "node-b"}
             ]))],
+            ..Default::default()
         };
         let node = |n: &str| NodeContext {
             node_name: Some(n.into()),
@@ -512,6 +517,7 @@ mod tests {
         let snap = |svc: Service| Snapshot {
             services: vec![svc],
             slices: vec![],
+            ..Default::default()
         };
         let t = translate(&snap(svc.clone()));
         assert_eq!(
@@ -537,6 +543,7 @@ mod tests {
         let t = translate(&Snapshot {
             services: vec![web_service()],
             slices: vec![],
+            ..Default::default()
         });
         assert!(
             t.desired.frontends[&frontend("10.96.0.20", 80)]
@@ -552,6 +559,7 @@ mod tests {
         let t = translate(&Snapshot {
             services: vec![web_service()],
             slices: vec![s],
+            ..Default::default()
         });
         assert!(
             t.desired.frontends[&frontend("10.96.0.20", 80)]
@@ -576,6 +584,7 @@ mod tests {
         let t = translate(&Snapshot {
             services: vec![web_service()],
             slices: vec![other_ns, other_svc],
+            ..Default::default()
         });
         assert!(
             t.desired.frontends[&frontend("10.96.0.20", 80)]
@@ -599,6 +608,7 @@ mod tests {
         let t = translate(&Snapshot {
             services: vec![headless, ext, other],
             slices: vec![],
+            ..Default::default()
         });
         assert!(t.desired.frontends.is_empty());
         assert!(t.problems.is_empty());
@@ -619,6 +629,7 @@ mod tests {
         let t = translate(&Snapshot {
             services: vec![bad_ip, bad_port, no_name, web_service()],
             slices: vec![bad_slice, unlabelled],
+            ..Default::default()
         });
         let reasons: BTreeSet<_> = t.problems.iter().map(|p| p.reason).collect();
         assert_eq!(
@@ -651,6 +662,7 @@ mod tests {
         let t = translate(&Snapshot {
             services: vec![s],
             slices: vec![v4, v6],
+            ..Default::default()
         });
         assert!(t.problems.is_empty(), "{:?}", t.problems);
         assert_eq!(
@@ -677,7 +689,7 @@ mod tests {
                     None => json!({"addresses": [addr]}),
                 }
             }).collect();
-            let t = translate(&Snapshot { services: vec![web_service()], slices: vec![web_slice(json!(endpoints))] });
+            let t = translate(&Snapshot { services: vec![web_service()], slices: vec![web_slice(json!(endpoints))], ..Default::default() });
             let expected: BTreeSet<String> = eps.iter()
                 .filter(|(_, ready, garbage)| *ready != Some(false) && !*garbage)
                 .map(|(last, _, _)| format!("10.244.0.{last}:8080"))

@@ -137,6 +137,7 @@ mod tests {
         translate(&Snapshot {
             services: vec![serde_json::from_value(svc).unwrap()],
             slices: vec![serde_json::from_value(slice).unwrap()],
+            ..Default::default()
         })
         .desired
     }
