@@ -16,8 +16,9 @@ use crate::k8s::{
     translate::{NodeContext, translate_for},
 };
 use crate::metrics::{Metrics, ReasonLabel};
-use crate::source;
+use crate::service_stats::PinnedCounts;
 use crate::sync::{Capacity, Datapath, Syncer};
+use crate::{map_capacity, source};
 
 /// How often a sync that left the maps short is retried.
 const RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -53,7 +54,12 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         capacity: cfg.capacity,
     })?;
     let _ebpf = loaded.ebpf; // programs stay loaded while we run
-    let mut syncer = Syncer::new(loaded.maps, cfg.capacity);
+    let capacity = map_capacity::reconcile(cfg.capacity, loaded.maps.sizes()?, &metrics);
+    match PinnedCounts::open(&cfg.pins) {
+        Ok(counts) => metrics.service_stats.set_reader(Box::new(counts)),
+        Err(e) => warn!(error = %format!("{e:#}"), "no per-Service connection counters"),
+    }
+    let mut syncer = Syncer::new(loaded.maps, capacity);
 
     let (tx, mut rx) = watch::channel::<Option<Snapshot>>(None);
     let source_task = match cfg.manifests {
@@ -165,8 +171,10 @@ pub fn apply<D: Datapath>(
         }
         now.insert(line);
     }
+    metrics.service_stats.set_services(&t.desired);
     match syncer.sync(&t.desired) {
         Ok(report) => {
+            map_capacity::record_fill(&report, syncer.capacity(), metrics);
             for o in &report.overflows {
                 let line = format!("{}:{}:{}", o.service, o.frontend, o.reason);
                 if !reported.contains(&line) {

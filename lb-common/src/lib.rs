@@ -25,7 +25,16 @@ pub mod map_names {
     pub const SOCK_REV_NAT: &str = "LB_SOCK_REVNAT";
     /// Session affinity (LRU): which backend a client last used per frontend.
     pub const AFFINITY: &str = "LB_AFFINITY";
-    pub const ALL: [&str; 5] = [SERVICES, BACKENDS, REV_NAT, SOCK_REV_NAT, AFFINITY];
+    /// Connections forwarded and rejected per frontend (per-CPU, keyed by reverse-NAT id).
+    pub const CONN_STATS: &str = "LB_CONN_STATS";
+    pub const ALL: [&str; 6] = [
+        SERVICES,
+        BACKENDS,
+        REV_NAT,
+        SOCK_REV_NAT,
+        AFFINITY,
+        CONN_STATS,
+    ];
 }
 
 /// Names of the programs in the object file.
@@ -60,6 +69,8 @@ pub mod capacity {
     pub const SOCK_REV_NAT: u32 = 262_144;
     /// (client, frontend) pairs remembered for `sessionAffinity: ClientIP` (LRU).
     pub const AFFINITY: u32 = 65_536;
+    /// Per-frontend connection counters: at most one per reverse-NAT id.
+    pub const CONN_STATS: u32 = REV_NAT;
     /// The most backends one frontend can have (slot numbers are u16; slot 0 is the service).
     pub const MAX_BACKENDS_PER_SERVICE: u16 = u16::MAX - 1;
 }
@@ -215,6 +226,17 @@ pub struct AffinityValue {
     pub last_used: u64,
 }
 
+/// Value of the per-CPU connection counters, keyed by reverse-NAT id (one per frontend
+/// address and port). Each CPU counts its own; user space sums them when it is scraped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnStats {
+    /// connect()/sendmsg() calls rewritten to a backend.
+    pub forwarded: u64,
+    /// Calls failed with ECONNREFUSED because the frontend had no usable backend.
+    pub rejected: u64,
+}
+
 // The kernel and user space must agree on these byte for byte.
 const _: () = {
     use core::mem::{align_of, size_of};
@@ -228,6 +250,7 @@ const _: () = {
     assert!(size_of::<SockRevNat>() == 20 && align_of::<SockRevNat>() == 2);
     assert!(size_of::<AffinityKey>() == 16 && align_of::<AffinityKey>() == 8);
     assert!(size_of::<AffinityValue>() == 16 && align_of::<AffinityValue>() == 8);
+    assert!(size_of::<ConnStats>() == 16 && align_of::<ConnStats>() == 8);
 };
 
 /// `::ffff:a.b.c.d` for an IPv4 address given as its four bytes in network order.
@@ -289,7 +312,8 @@ mod user {
         BackendKey,
         Backend,
         RevNatKey,
-        RevNat
+        RevNat,
+        ConnStats
     );
 }
 

@@ -5,6 +5,7 @@
 
 mod maps;
 mod sock;
+mod stats;
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 

@@ -2,12 +2,13 @@
 //! Their layouts live in `lb-common`; their names in `lb_common::map_names`.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LruHashMap},
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{HashMap, LruHashMap, PerCpuHashMap},
     macros::btf_map,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, RevNat, RevNatKey, ServiceKey, ServiceValue,
-    SockRevNat, SockRevNatKey, capacity, select::Tables,
+    AffinityKey, AffinityValue, Backend, BackendKey, ConnStats, RevNat, RevNatKey, ServiceKey,
+    ServiceValue, SockRevNat, SockRevNatKey, capacity, select::Tables,
 };
 
 #[btf_map]
@@ -34,6 +35,16 @@ pub static LB_SOCK_REVNAT: LruHashMap<
 #[btf_map]
 pub static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue, { capacity::AFFINITY as usize }> =
     LruHashMap::new();
+
+/// Connections forwarded and rejected per reverse-NAT id, counted per CPU. Not preallocated:
+/// memory grows with the frontends that see traffic, not with the capacity times the CPUs.
+#[btf_map]
+pub static LB_CONN_STATS: PerCpuHashMap<
+    u32,
+    ConnStats,
+    { capacity::CONN_STATS as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = PerCpuHashMap::new();
 
 /// The service and backend tables as the shared decision logic sees them.
 pub struct Maps;

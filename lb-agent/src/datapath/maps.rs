@@ -1,8 +1,10 @@
 //! The three pinned maps behind typed aya handles, as a [`Datapath`].
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData};
-use lb_common::{Backend, BackendKey, RevNat, RevNatKey, ServiceKey, ServiceValue, map_names};
+use aya::maps::{HashMap, IterableMap, Map, MapData, PerCpuHashMap};
+use lb_common::{
+    Backend, BackendKey, ConnStats, RevNat, RevNatKey, ServiceKey, ServiceValue, map_names,
+};
 
 use super::pins::PinPaths;
 use crate::sync::{Datapath, MapState, Op};
@@ -11,6 +13,16 @@ pub struct BpfMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, BackendKey, Backend>,
     rev_nat: HashMap<MapData, RevNatKey, RevNat>,
+    /// Per-frontend connection counters; None for pins made before they existed.
+    conn_stats: Option<PerCpuHashMap<MapData, u32, ConnStats>>,
+}
+
+/// max_entries of the agent-written maps, as the kernel has them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    pub services: u32,
+    pub backends: u32,
+    pub rev_nat: u32,
 }
 
 fn typed<K: aya::Pod, V: aya::Pod>(map: Map, name: &str) -> Result<HashMap<MapData, K, V>> {
@@ -29,6 +41,10 @@ impl BpfMaps {
             services: typed(take(map_names::SERVICES)?, map_names::SERVICES)?,
             backends: typed(take(map_names::BACKENDS)?, map_names::BACKENDS)?,
             rev_nat: typed(take(map_names::REV_NAT)?, map_names::REV_NAT)?,
+            conn_stats: Some(
+                PerCpuHashMap::try_from(take(map_names::CONN_STATS)?)
+                    .context("map LB_CONN_STATS is not a per-CPU hash map")?,
+            ),
         })
     }
 
@@ -44,7 +60,32 @@ impl BpfMaps {
             services: typed(open(map_names::SERVICES)?, map_names::SERVICES)?,
             backends: typed(open(map_names::BACKENDS)?, map_names::BACKENDS)?,
             rev_nat: typed(open(map_names::REV_NAT)?, map_names::REV_NAT)?,
+            conn_stats: open(map_names::CONN_STATS)
+                .ok()
+                .and_then(|m| PerCpuHashMap::try_from(m).ok()),
         })
+    }
+
+    /// The maps' max_entries as created (an adopted pinned map keeps the size it was made with).
+    pub fn sizes(&self) -> Result<MapSizes> {
+        let max = |m: &MapData, name: &str| -> Result<u32> {
+            Ok(m.info()
+                .with_context(|| format!("reading the info of {name}"))?
+                .max_entries())
+        };
+        Ok(MapSizes {
+            services: max(self.services.map(), map_names::SERVICES)?,
+            backends: max(self.backends.map(), map_names::BACKENDS)?,
+            rev_nat: max(self.rev_nat.map(), map_names::REV_NAT)?,
+        })
+    }
+
+    /// Forgets the connection counters of a reverse-NAT id that now stands for another
+    /// frontend, or for none (best effort: counters are not worth failing a sync for).
+    fn reset_conn_stats(&mut self, id: u32) {
+        if let Some(m) = &mut self.conn_stats {
+            let _ = m.remove(&id);
+        }
     }
 }
 
@@ -52,10 +93,16 @@ impl Datapath for BpfMaps {
     fn apply(&mut self, op: &Op) -> Result<()> {
         match op {
             Op::PutBackend(id, b) => self.backends.insert(BackendKey { id: *id }, b, 0),
-            Op::PutRevNat(id, r) => self.rev_nat.insert(RevNatKey { id: *id }, r, 0),
+            Op::PutRevNat(id, r) => {
+                self.reset_conn_stats(*id);
+                self.rev_nat.insert(RevNatKey { id: *id }, r, 0)
+            }
             Op::PutService(k, v) => self.services.insert(k, v, 0),
             Op::DelService(k) => self.services.remove(k),
-            Op::DelRevNat(id) => self.rev_nat.remove(&RevNatKey { id: *id }),
+            Op::DelRevNat(id) => {
+                self.reset_conn_stats(*id);
+                self.rev_nat.remove(&RevNatKey { id: *id })
+            }
             Op::DelBackend(id) => self.backends.remove(&BackendKey { id: *id }),
         }
         .with_context(|| format!("{op:?}"))

@@ -39,6 +39,7 @@ pub struct SyncReport {
     pub frontends: usize,
     pub backends: usize,
     pub service_entries: usize,
+    pub rev_nat_entries: usize,
 }
 
 pub struct Syncer<D> {
@@ -63,6 +64,10 @@ impl<D: Datapath> Syncer<D> {
         &self.datapath
     }
 
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
+    }
+
     pub fn sync(&mut self, desired: &DesiredState) -> Result<SyncReport> {
         let current = match self.known.take() {
             Some(s) => s,
@@ -75,6 +80,7 @@ impl<D: Datapath> Syncer<D> {
             frontends: plan.target.frontends().count(),
             backends: plan.target.backends.len(),
             service_entries: plan.target.services.len(),
+            rev_nat_entries: plan.target.rev_nat.len(),
             ..Default::default()
         };
         for op in &plan.ops {
