@@ -211,7 +211,8 @@ pub fn apply<D: Datapath>(
     *reported = now;
 }
 
-async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
+/// A client from a kubeconfig, or the in-cluster configuration.
+pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)

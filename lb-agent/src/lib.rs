@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod datapath;
+pub mod explain;
 pub mod health;
 pub mod inspect;
 pub mod k8s;
