@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::datapath::{loader, pins::PinPaths, system};
+use crate::datapath::{self, loader, pins::PinPaths, system};
 use crate::health::{self, Readiness};
 use crate::k8s::{
     Snapshot,
@@ -53,7 +53,8 @@ pub async fn run(cfg: RunConfig) -> Result<()> {
         cgroup,
         capacity: cfg.capacity,
     })?;
-    let _ebpf = loaded.ebpf; // programs stay loaded while we run
+    let mut ebpf = loaded.ebpf; // programs stay loaded while we run
+    let _bpf_log = datapath::bpf_log::spawn_drain(&mut ebpf).map(AbortOnDrop);
     let capacity = map_capacity::reconcile(cfg.capacity, loaded.maps.sizes()?, &metrics);
     match PinnedCounts::open(&cfg.pins) {
         Ok(counts) => metrics.service_stats.set_reader(Box::new(counts)),
@@ -209,6 +210,15 @@ pub fn apply<D: Datapath>(
         .sync_duration_seconds
         .observe(started.elapsed().as_secs_f64());
     *reported = now;
+}
+
+/// Stops a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A client from a kubeconfig, or the in-cluster configuration.

@@ -92,6 +92,8 @@ fn connections_and_rejects_are_counted_per_service_from_the_datapath() -> Result
     wait_sample(&sb, web_rejects, 0.0)?;
     wait_sample(&sb, empty_conns, 0.0)?;
     wait_sample(&sb, empty_rejects, M.into())?;
+    // At the default level the programs log nothing.
+    assert!(!sb.agent_log().contains("lb_ebpf"), "{}", sb.agent_log());
 
     // Fill ratios: 2 frontends + 2 backend slots of 65536 service entries, 2 backends.
     let text = metrics(&sb)?;
@@ -127,4 +129,48 @@ fn connections_and_rejects_are_counted_per_service_from_the_datapath() -> Result
     assert_eq!(s.ok, 3, "{s:?}");
     wait_sample(&sb, web_conns, (N + 3).into())?;
     Ok(())
+}
+
+#[test]
+fn program_log_lines_reach_the_agent_log_at_debug() -> Result<()> {
+    if !privileged_or_skip("datapath log") {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new(Path::new(AGENT), 1)?;
+    let pod = IpAddr::V4(sb.pods[0].ip);
+    sb.write_manifest(
+        "web-svc.yaml",
+        &manifests::service("web", WEB, 80, POD_PORT),
+    )?;
+    sb.write_manifest(
+        "web-eps.yaml",
+        &manifests::endpoint_slice("web-1", "web", POD_PORT, &[pod]),
+    )?;
+    sb.write_manifest(
+        "empty-svc.yaml",
+        &manifests::service("empty", EMPTY, 80, POD_PORT),
+    )?;
+    sb.start_agent_env(&[], &[("RUST_LOG", "info,lb_ebpf=debug")])?;
+    let s = sb.probe(SocketAddr::new(WEB.parse()?, 80), 2, "tcp")?;
+    assert_eq!(s.ok, 2, "{s:?}");
+    let s = sb.probe(SocketAddr::new(EMPTY.parse()?, 80), 1, "tcp")?;
+    assert_eq!(s.errors.get("ECONNREFUSED"), Some(&1), "{s:?}");
+    let forwarded = format!("[::ffff:{WEB}]:80 proto 6 -> [::ffff:{pod}]:{POD_PORT}");
+    let rejected = format!("[::ffff:{EMPTY}]:80 proto 6 rejected: no usable backend");
+    let start = Instant::now();
+    loop {
+        let log = sb.agent_log();
+        let lines = |needle: &str| {
+            log.lines()
+                .filter(|l| l.contains("lb_ebpf") && l.contains(needle))
+                .count()
+        };
+        if lines(&forwarded) == 2 && lines(&rejected) == 1 {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            bail!("want 2 lines with {forwarded:?} and 1 with {rejected:?} in\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

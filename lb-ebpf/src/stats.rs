@@ -1,7 +1,11 @@
-//! Per-frontend connection counters (per CPU, summed by the agent when it is scraped).
+//! What the hooks report: per-frontend connection counters (per CPU, summed by the agent
+//! when it is scraped) and debug log lines through aya-log (off unless the agent runs with
+//! `RUST_LOG=lb_ebpf=debug`; the agent sets `AYA_LOG_LEVEL` at load, so a disabled line costs
+//! one load and a branch).
 
-use aya_ebpf::bindings::BPF_NOEXIST;
-use lb_common::{ConnStats, ServiceKey};
+use aya_ebpf::{bindings::BPF_NOEXIST, programs::SockAddrContext};
+use aya_log_ebpf::debug;
+use lb_common::{Backend, ConnStats, ServiceKey};
 
 use crate::maps::{LB_CONN_STATS, LB_SERVICES};
 
@@ -30,17 +34,34 @@ fn bump(rev_nat_id: u16, forwarded: u64, rejected: u64) {
     }
 }
 
-/// A socket was sent to a backend of the frontend with this reverse-NAT id.
+/// A socket aimed at `frontend` was sent to `backend` (of reverse-NAT id `rev_nat_id`).
 #[inline(always)]
-pub fn forwarded(rev_nat_id: u16) {
+pub fn forwarded(ctx: &SockAddrContext, frontend: &ServiceKey, backend: &Backend, rev_nat_id: u16) {
     bump(rev_nat_id, 1, 0);
+    debug!(
+        ctx,
+        "[{:i}]:{} proto {} -> [{:i}]:{} (rev_nat {})",
+        frontend.addr,
+        frontend.port,
+        frontend.proto,
+        backend.addr,
+        backend.port,
+        rev_nat_id
+    );
 }
 
 /// A call to `frontend` was refused (no usable backend).
 #[inline(always)]
-pub fn rejected(frontend: &ServiceKey) {
+pub fn rejected(ctx: &SockAddrContext, frontend: &ServiceKey) {
     // SAFETY: the value is copied out at once.
     if let Some(svc) = unsafe { LB_SERVICES.get(frontend.with_slot(0)) }.copied() {
         bump(svc.rev_nat_id, 0, 1);
     }
+    debug!(
+        ctx,
+        "[{:i}]:{} proto {} rejected: no usable backend",
+        frontend.addr,
+        frontend.port,
+        frontend.proto
+    );
 }

@@ -16,7 +16,7 @@ use aya::{Ebpf, EbpfLoader};
 use lb_common::{map_names, program_names};
 use tracing::{info, warn};
 
-use super::{EBPF_OBJECT, maps::BpfMaps, pins::PinPaths, system};
+use super::{EBPF_OBJECT, bpf_log, maps::BpfMaps, pins::PinPaths, system};
 use crate::sync::Capacity;
 
 pub struct LoadOptions {
@@ -48,7 +48,10 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
     loader
         .map_max_entries(map_names::SERVICES, opts.capacity.services)
         .map_max_entries(map_names::BACKENDS, opts.capacity.backends)
-        .map_max_entries(map_names::REV_NAT, opts.capacity.rev_nat);
+        .map_max_entries(map_names::REV_NAT, opts.capacity.rev_nat)
+        .map_max_entries(map_names::CONN_STATS, opts.capacity.rev_nat);
+    let log_level: &'static u8 = Box::leak(Box::new(bpf_log::programs_level() as u8));
+    bpf_log::configure(&mut loader, log_level);
     let mut ebpf = loader
         .load(EBPF_OBJECT)
         .context("loading the eBPF object (is this kernel >= 5.18 with BTF, and are we root?)")?;
