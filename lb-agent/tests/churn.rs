@@ -21,6 +21,7 @@ const PODS_PER_SERVICE: usize = 6;
 /// The in-memory maps with the kernel's capacity rule, remembering the largest size seen.
 struct CappedMaps {
     state: MapState,
+    cap: Capacity,
     peak_backends: usize,
     peak_rev_nat: usize,
 }
@@ -30,19 +31,19 @@ impl Datapath for CappedMaps {
         match op {
             Op::PutBackend(id, _)
                 if !self.state.backends.contains_key(id)
-                    && self.state.backends.len() >= BACKENDS_MAP as usize =>
+                    && self.state.backends.len() >= self.cap.backends as usize =>
             {
                 bail!("E2BIG: backend map full")
             }
             Op::PutRevNat(id, _)
                 if !self.state.rev_nat.contains_key(id)
-                    && self.state.rev_nat.len() >= REV_NAT_MAP as usize =>
+                    && self.state.rev_nat.len() >= self.cap.rev_nat as usize =>
             {
                 bail!("E2BIG: rev-NAT map full")
             }
             Op::PutService(k, _)
                 if !self.state.services.contains_key(k)
-                    && self.state.services.len() >= SERVICES_MAP as usize =>
+                    && self.state.services.len() >= self.cap.services as usize =>
             {
                 bail!("E2BIG: service map full")
             }
@@ -75,6 +76,7 @@ struct Cluster {
     services: BTreeMap<String, (String, Vec<String>)>,
     next_pod: u32,
     next_service: u32,
+    pods_per_service: usize,
 }
 
 impl Cluster {
@@ -94,7 +96,7 @@ impl Cluster {
         let n = self.next_service;
         let name = format!("svc-{n}");
         let ip = format!("10.96.{}.{}", (n >> 8) & 0xff, n & 0xff);
-        let pods = (0..PODS_PER_SERVICE).map(|_| self.pod_ip()).collect();
+        let pods = (0..self.pods_per_service).map(|_| self.pod_ip()).collect();
         self.services.insert(name, (ip, pods));
     }
 
@@ -168,6 +170,7 @@ fn thousands_of_pod_restarts_never_leak_or_exhaust_ids() {
     let mut syncer = Syncer::new(
         CappedMaps {
             state: MapState::default(),
+            cap,
             peak_backends: 0,
             peak_rev_nat: 0,
         },
@@ -177,6 +180,7 @@ fn thousands_of_pod_restarts_never_leak_or_exhaust_ids() {
         services: BTreeMap::new(),
         next_pod: 0,
         next_service: 0,
+        pods_per_service: PODS_PER_SERVICE,
     };
     for _ in 0..SERVICES {
         cluster.add_service();
@@ -268,4 +272,76 @@ fn thousands_of_pod_restarts_never_leak_or_exhaust_ids() {
         "{} ids used",
         backend_ids_seen.len()
     );
+}
+
+/// The same churn with the backend map nearly full of live backends: every step's new
+/// backends only fit once that step's stale ones are deleted, which the sync does in a second
+/// pass, so no write ever hits a full map and nothing is left out.
+#[test]
+fn restarts_in_a_nearly_full_backend_map_take_two_passes_and_lose_nothing() {
+    const SERVICES: usize = 2;
+    const PODS: usize = 31; // 62 of 64 backends live
+    let cap = Capacity {
+        services: 2 * (1 + PODS as u32) + 2,
+        backends: BACKENDS_MAP,
+        rev_nat: 4,
+        ..Capacity::default()
+    };
+    let mut syncer = Syncer::new(
+        CappedMaps {
+            state: MapState::default(),
+            cap,
+            peak_backends: 0,
+            peak_rev_nat: 0,
+        },
+        cap,
+    );
+    let mut cluster = Cluster {
+        services: BTreeMap::new(),
+        next_pod: 0,
+        next_service: 0,
+        pods_per_service: PODS,
+    };
+    for _ in 0..SERVICES {
+        cluster.add_service();
+    }
+    let mut rng = Rng(0x0dd_ba11_cafe);
+    for step in 0..1000 {
+        if step > 0 {
+            // 1 to 6 restarts at once: up to 68 backends if old and new were held together.
+            for _ in 0..1 + rng.below(6) {
+                let svc = rng.below(SERVICES);
+                let name = cluster
+                    .services
+                    .keys()
+                    .nth(svc)
+                    .cloned()
+                    .expect("a service");
+                let ip = cluster.pod_ip();
+                cluster.services.get_mut(&name).expect("a service").1[rng.below(PODS)] = ip;
+            }
+        }
+        let t = translate(&cluster.snapshot());
+        let report = syncer
+            .sync(&t.desired)
+            .expect("in-memory maps never fail to read");
+        assert_eq!(
+            report.failed_writes, 0,
+            "step {step}: a write hit a full map"
+        );
+        assert!(
+            report.overflows.is_empty(),
+            "step {step}: {:?}",
+            report.overflows
+        );
+        assert!(!report.deferred, "step {step}: entries left out");
+        let maps = &syncer.datapath().state;
+        assert_eq!(programmed(maps), cluster.expected(), "step {step}");
+        assert_eq!(maps.backends.len(), SERVICES * PODS, "step {step}");
+        assert!(
+            maps.backends.keys().all(|id| *id <= BACKENDS_MAP),
+            "step {step}"
+        );
+    }
+    assert!(syncer.datapath().peak_backends <= BACKENDS_MAP as usize);
 }

@@ -40,13 +40,20 @@ pub struct SyncReport {
     pub backends: usize,
     pub service_entries: usize,
     pub rev_nat_entries: usize,
+    /// Entries still left out for lack of room that only the next sync's pass would make.
+    pub deferred: bool,
 }
+
+/// Passes one sync may take (see [`plan::Plan::deferred`]).
+const MAX_PASSES: usize = 4;
 
 pub struct Syncer<D> {
     datapath: D,
     capacity: Capacity,
     /// What the maps hold, as far as we know; None when it must be read back first.
     known: Option<MapState>,
+    /// The last sync still left entries out for room it would only have after another pass.
+    deferred: bool,
 }
 
 impl<D: Datapath> Syncer<D> {
@@ -57,6 +64,7 @@ impl<D: Datapath> Syncer<D> {
             datapath,
             capacity,
             known: None,
+            deferred: false,
         }
     }
 
@@ -69,6 +77,31 @@ impl<D: Datapath> Syncer<D> {
     }
 
     pub fn sync(&mut self, desired: &DesiredState) -> Result<SyncReport> {
+        let mut writes = 0;
+        let mut passes = 0;
+        loop {
+            passes += 1;
+            let mut report = self.sync_once(desired)?;
+            writes += report.writes;
+            report.writes = writes;
+            // A plan that left entries out only until its own deletions are done gets another
+            // pass at once (a full map adds before it removes); two passes always suffice when
+            // the desired state fits, the bound is a guard.
+            self.deferred = report.deferred;
+            if !report.deferred || report.failed_writes > 0 || passes >= MAX_PASSES {
+                if report.deferred {
+                    debug!(passes, "entries still deferred after the last pass");
+                }
+                return Ok(report);
+            }
+            debug!(
+                passes,
+                "the maps were full until this pass's deletions: planning again"
+            );
+        }
+    }
+
+    fn sync_once(&mut self, desired: &DesiredState) -> Result<SyncReport> {
         let current = match self.known.take() {
             Some(s) => s,
             None => self.datapath.read()?,
@@ -81,6 +114,7 @@ impl<D: Datapath> Syncer<D> {
             backends: plan.target.backends.len(),
             service_entries: plan.target.services.len(),
             rev_nat_entries: plan.target.rev_nat.len(),
+            deferred: plan.deferred,
             ..Default::default()
         };
         for op in &plan.ops {
@@ -101,7 +135,7 @@ impl<D: Datapath> Syncer<D> {
 
     /// Whether the last sync left the maps exactly as planned.
     pub fn in_sync(&self) -> bool {
-        self.known.is_some()
+        self.known.is_some() && !self.deferred
     }
 }
 

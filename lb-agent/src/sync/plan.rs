@@ -17,6 +17,14 @@
 //! Ids are stable: a backend keeps its id while any frontend uses it, and a frontend keeps its
 //! reverse-NAT id. New ids are never ones still present in the maps, so a slot that has not been
 //! rewritten yet can never point at a reused id.
+//!
+//! Because writes add before they remove, a map briefly holds its current entries plus the
+//! new ones. The plan counts that peak against each map's size: a new entry that fits the end
+//! state but not the peak is left for a second pass ([`Plan::deferred`]), which the syncer
+//! runs at once, after this pass's deletions made room. So a full map is never written into
+//! (the kernel would refuse the insert and a slot would name a missing backend). The price,
+//! only when the maps are full of live entries: a frontend whose every backend is replaced
+//! in one change rejects between the two passes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -60,6 +68,30 @@ pub struct Plan {
     pub target: MapState,
     pub ops: Vec<Op>,
     pub overflows: Vec<Overflow>,
+    /// Some new entries were left out only because the maps still hold entries this plan
+    /// removes (writes add before they remove, so a map briefly holds both): planning again
+    /// after these writes places them.
+    pub deferred: bool,
+}
+
+/// Whether a map has room for one more entry during a sync that fills it to `target` entries
+/// while it briefly holds `peak` (its current entries plus the new keys written so far).
+fn room(target: usize, peak: usize, cap: u32, new_key: bool) -> Room {
+    if target >= cap as usize {
+        Room::Full
+    } else if new_key && peak >= cap as usize {
+        Room::AfterThisSync
+    } else {
+        Room::Yes
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Room {
+    Yes,
+    /// Only once the stale entries this sync removes are gone.
+    AfterThisSync,
+    Full,
 }
 
 pub fn service_key(f: &Frontend, slot: u16) -> ServiceKey {
@@ -127,6 +159,9 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
     // least exists (and rejects) rather than some frontends having all their backends and others
     // leaking to the VIP.
     let mut service_entries = 0u32;
+    // New keys written so far, for the peak size of each map during the sync.
+    let (mut new_service_keys, mut new_backends, mut new_rev_nat) = (0usize, 0usize, 0usize);
+    let mut deferred = false;
     let mut placed = Vec::new();
     for (frontend, entry) in &desired.frontends {
         let rev = RevNat {
@@ -134,12 +169,37 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
             port: frontend.port,
             _pad: 0,
         };
+        let new_key0 = !current.services.contains_key(&service_key(frontend, 0));
+        let service_room = room(
+            service_entries as usize,
+            current.services.len() + new_service_keys,
+            cap.services,
+            new_key0,
+        );
+        let rev_room = match rev_nat_ids.get(&rev) {
+            Some(_) => Room::Yes,
+            None => room(
+                target.rev_nat.len(),
+                current.rev_nat.len() + new_rev_nat,
+                cap.rev_nat,
+                true,
+            ),
+        };
+        if service_room == Room::AfterThisSync && rev_room != Room::Full
+            || rev_room == Room::AfterThisSync && service_room != Room::Full
+        {
+            deferred = true;
+            continue;
+        }
         let rev_id = match rev_nat_ids.get(&rev) {
             Some(id) => Some(*id),
-            None if (target.rev_nat.len() as u32) < cap.rev_nat => rev_nat_alloc.allocate(),
+            None if rev_room == Room::Yes => {
+                new_rev_nat += 1;
+                rev_nat_alloc.allocate()
+            }
             None => None,
         };
-        if service_entries >= cap.services || rev_id.is_none() {
+        if service_room == Room::Full || rev_id.is_none() {
             overflows.push(Overflow {
                 frontend: *frontend,
                 service: entry.service.clone(),
@@ -155,6 +215,7 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
         let rev_id = rev_id.unwrap_or_default();
         target.rev_nat.insert(rev_id, rev);
         service_entries += 1;
+        new_service_keys += usize::from(new_key0);
         placed.push((frontend, entry, rev_id));
     }
 
@@ -174,7 +235,20 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
                 });
                 break;
             }
-            if service_entries >= cap.services {
+            let new_slot = !current
+                .services
+                .contains_key(&service_key(frontend, slots.len() as u16 + 1));
+            let slot_room = room(
+                service_entries as usize,
+                current.services.len() + new_service_keys,
+                cap.services,
+                new_slot,
+            );
+            if slot_room == Room::AfterThisSync {
+                deferred = true;
+                break;
+            }
+            if slot_room == Room::Full {
                 overflows.push(Overflow {
                     frontend: *frontend,
                     service: entry.service.clone(),
@@ -190,16 +264,29 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
             let value = backend_value(b);
             let id = match backend_ids.get(&backend_identity(&value)) {
                 Some(id) => Some(*id),
-                None => target
+                None => match target
                     .backends
                     .iter()
                     .find(|(_, v)| backend_identity(v) == backend_identity(&value))
-                    .map(|(id, _)| *id)
-                    .or_else(|| {
-                        ((target.backends.len() as u32) < cap.backends)
-                            .then(|| backend_alloc.allocate())
-                            .flatten()
-                    }),
+                {
+                    Some((id, _)) => Some(*id),
+                    None => match room(
+                        target.backends.len(),
+                        current.backends.len() + new_backends,
+                        cap.backends,
+                        true,
+                    ) {
+                        Room::Yes => {
+                            new_backends += 1;
+                            backend_alloc.allocate()
+                        }
+                        Room::AfterThisSync => {
+                            deferred = true;
+                            continue;
+                        }
+                        Room::Full => None,
+                    },
+                },
             };
             let Some(id) = id else {
                 overflows.push(Overflow {
@@ -213,6 +300,7 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
             target.backends.insert(id, value);
             slots.push(id);
             service_entries += 1;
+            new_service_keys += usize::from(new_slot);
         }
         let flags = match entry.kind {
             FrontendKind::ClusterIp => service_flags::CLUSTER_IP,
@@ -244,6 +332,7 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
         target,
         ops,
         overflows,
+        deferred,
     }
 }
 
@@ -499,6 +588,95 @@ mod tests {
                 let got: BTreeSet<_> = slots.iter().map(|id| p.target.backends[&id.unwrap()].addr).collect();
                 let want: BTreeSet<_> = e.backends.iter().map(|b| addr_to_map(b.addr)).collect();
                 prop_assert_eq!(got, want);
+            }
+        }
+    }
+
+    /// The in-memory maps with the kernel's rule that an insert into a full map fails, and a
+    /// consistency check after every single write.
+    struct Capped {
+        state: MapState,
+        cap: Capacity,
+        violations: Vec<String>,
+    }
+
+    impl crate::sync::Datapath for Capped {
+        fn apply(&mut self, op: &Op) -> anyhow::Result<()> {
+            let full = match op {
+                Op::PutBackend(id, _) => {
+                    !self.state.backends.contains_key(id)
+                        && self.state.backends.len() >= self.cap.backends as usize
+                }
+                Op::PutRevNat(id, _) => {
+                    !self.state.rev_nat.contains_key(id)
+                        && self.state.rev_nat.len() >= self.cap.rev_nat as usize
+                }
+                Op::PutService(k, _) => {
+                    !self.state.services.contains_key(k)
+                        && self.state.services.len() >= self.cap.services as usize
+                }
+                _ => false,
+            };
+            if full {
+                anyhow::bail!("E2BIG");
+            }
+            self.state.apply(op);
+            if let Err(e) = consistent(&self.state) {
+                self.violations.push(format!("{e} after {op:?}"));
+            }
+            Ok(())
+        }
+        fn read(&self) -> anyhow::Result<MapState> {
+            Ok(self.state.clone())
+        }
+    }
+
+    fn needs(d: &DesiredState) -> (u32, u32, u32) {
+        let services = d
+            .frontends
+            .values()
+            .map(|e| 1 + e.backends.len())
+            .sum::<usize>();
+        (
+            services as u32,
+            d.backend_count() as u32,
+            d.frontends.len() as u32,
+        )
+    }
+
+    proptest! {
+        /// With maps exactly as large as the larger of two states, going from one to the
+        /// other never writes into a full map (new entries wait for a second pass when the
+        /// maps still hold stale ones), every intermediate state is consistent, and the end
+        /// state is the whole desired state.
+        #[test]
+        fn transitions_at_exact_capacity_never_overfill(a in arb_desired(), b in arb_desired()) {
+            let (da, db) = (to_desired(&a), to_desired(&b));
+            let (na, nb) = (needs(&da), needs(&db));
+            let cap = Capacity {
+                services: na.0.max(nb.0).max(1),
+                backends: na.1.max(nb.1).max(1),
+                rev_nat: na.2.max(nb.2).max(1),
+                ..Capacity::default()
+            };
+            let mut s = crate::sync::Syncer::new(
+                Capped { state: MapState::default(), cap, violations: Vec::new() },
+                cap,
+            );
+            for d in [&da, &db] {
+                let r = s.sync(d).unwrap();
+                prop_assert_eq!(r.failed_writes, 0);
+                prop_assert!(r.overflows.is_empty(), "{:?}", r.overflows);
+                prop_assert!(!r.deferred);
+                let state = &s.datapath().state;
+                prop_assert!(s.datapath().violations.is_empty(), "{:?}", s.datapath().violations);
+                prop_assert!(plan(state, d, &cap).ops.is_empty(), "not converged");
+                for (f, e) in &d.frontends {
+                    let got: BTreeSet<_> = state.slots_of(&service_key(f, 0)).iter()
+                        .map(|id| state.backends[&id.unwrap()].addr).collect();
+                    let want: BTreeSet<_> = e.backends.iter().map(|b| addr_to_map(b.addr)).collect();
+                    prop_assert_eq!(got, want);
+                }
             }
         }
     }
