@@ -2,6 +2,7 @@
 //! programs, and the maps as a [`crate::sync::Datapath`].
 
 pub mod bpf_log;
+pub mod link_update;
 pub mod loader;
 pub mod maps;
 pub mod pins;
