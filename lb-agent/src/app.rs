@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::datapath::{loader, pins::PinPaths, system};
+use crate::datapath::{self, loader, pins::PinPaths, system};
 use crate::hc_node_port::HealthCheckPorts;
 use crate::health::{self, Readiness};
 use crate::k8s::model::HealthCheck;
@@ -17,8 +17,10 @@ use crate::k8s::{
     Snapshot,
     translate::{NodeContext, translate_for},
 };
+use crate::map_capacity;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::node_addrs::NodeAddrs;
+use crate::service_stats::PinnedCounts;
 use crate::source;
 use crate::sync::{Capacity, Datapath, Syncer};
 
@@ -70,6 +72,12 @@ pub async fn run(mut cfg: RunConfig) -> Result<()> {
     })?;
     info!(scope = ?cfg.socket_lb_scope, "socket load balancing scope");
     let mut ebpf = loaded.ebpf; // programs stay loaded while we run
+    let _bpf_log = datapath::bpf_log::spawn_drain(&mut ebpf).map(AbortOnDrop);
+    let capacity = map_capacity::reconcile(cfg.capacity, loaded.maps.sizes()?, &metrics);
+    match PinnedCounts::open(&cfg.pins) {
+        Ok(counts) => metrics.service_stats.set_reader(Box::new(counts)),
+        Err(e) => warn!(error = %format!("{e:#}"), "no per-Service connection counters"),
+    }
     let terminator = crate::sockdestroy::Terminator::new(
         &mut ebpf,
         loaded.sock_destroy_kfunc,
@@ -80,7 +88,7 @@ pub async fn run(mut cfg: RunConfig) -> Result<()> {
     let mut xdp_stats = crate::datapath::xdp_stats::XdpStats::take(&mut ebpf)?;
     let mut stats_tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut rec = Reconciler {
-        syncer: Syncer::new(loaded.maps, cfg.capacity),
+        syncer: Syncer::new(loaded.maps, capacity),
         terminator,
         health_check_ports: HealthCheckPorts::default(),
         reported: BTreeSet::new(),
@@ -95,7 +103,15 @@ pub async fn run(mut cfg: RunConfig) -> Result<()> {
         None => {
             let client = kube_client(cfg.kubeconfig.as_deref()).await?;
             info!("source: Kubernetes API");
-            tokio::spawn(source::kube::watch_cluster(client, tx, metrics.clone()))
+            let opts = source::kube::ClusterOptions {
+                node_name: cfg.node.node_name.clone(),
+            };
+            tokio::spawn(source::kube::watch_cluster_with(
+                client,
+                tx,
+                metrics.clone(),
+                opts,
+            ))
         }
     };
     let mut source_task = std::pin::pin!(source_task);
@@ -230,8 +246,28 @@ pub fn apply<D: Datapath>(
 ) -> Applied {
     let mut departed = BTreeSet::new();
     let started = Instant::now();
+    // --zone wins; else the zone label of this node's Node object (or Node manifest).
+    let with_zone;
+    let node = match (&node.zone, snapshot.zone(node.node_name.as_deref())) {
+        (None, Some(zone)) => {
+            with_zone = NodeContext {
+                zone: Some(zone.to_owned()),
+                ..node.clone()
+            };
+            &with_zone
+        }
+        _ => node,
+    };
     let t = translate_for(snapshot, node);
     let mut now = BTreeSet::new();
+    // This node's zone (from its Node object or a Node manifest), for topology-aware routing.
+    if let Some(zone) = snapshot.zone(node.node_name.as_deref()) {
+        let line = format!("zone:{zone}");
+        if !reported.contains(&line) {
+            info!(zone, "this node's zone");
+        }
+        now.insert(line);
+    }
     for p in &t.problems {
         let line = p.to_string();
         if !reported.contains(&line) {
@@ -247,8 +283,10 @@ pub fn apply<D: Datapath>(
         }
         now.insert(line);
     }
+    metrics.service_stats.set_services(&t.desired);
     match syncer.sync(&t.desired) {
         Ok(report) => {
+            map_capacity::record_fill(&report, syncer.capacity(), metrics);
             for o in &report.overflows {
                 let line = format!("{}:{}:{}", o.service, o.frontend, o.reason);
                 if !reported.contains(&line) {
@@ -290,7 +328,17 @@ pub fn apply<D: Datapath>(
     }
 }
 
-async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
+/// Stops a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A client from a kubeconfig, or the in-cluster configuration.
+pub async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)

@@ -182,6 +182,7 @@ mod tests {
         let t = translate(&Snapshot {
             services: vec![serde_json::from_value(svc).unwrap()],
             slices: vec![serde_json::from_value(slice).unwrap()],
+            ..Default::default()
         });
         let mut s = Syncer::new(MapState::default(), Capacity::default());
         s.sync(&t.desired).unwrap();
@@ -227,6 +228,7 @@ mod tests {
             &Snapshot {
                 services: vec![serde_json::from_value(svc).unwrap()],
                 slices: vec![serde_json::from_value(slice).unwrap()],
+                ..Default::default()
             },
             &node,
         );

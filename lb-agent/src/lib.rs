@@ -6,13 +6,16 @@
 
 pub mod app;
 pub mod datapath;
+pub mod explain;
 pub mod hc_node_port;
 pub mod health;
 pub mod inspect;
 pub mod k8s;
+pub mod map_capacity;
 pub mod metrics;
 pub mod node_addrs;
 pub mod probe;
+pub mod service_stats;
 pub mod sockdestroy;
 pub mod source;
 pub mod sync;

@@ -11,7 +11,7 @@ use lb_agent::datapath::{loader, maps::BpfMaps, pins::PinPaths, system};
 use lb_agent::k8s::{cidr::Cidr, translate::NodeContext};
 use lb_agent::node_addrs::NodeAddrs;
 use lb_agent::sync::{Capacity, Datapath};
-use lb_agent::{app, inspect, probe};
+use lb_agent::{app, explain, inspect, probe};
 
 #[derive(Parser)]
 #[command(
@@ -133,6 +133,26 @@ enum Command {
     Cleanup {
         #[command(flatten)]
         pins: PinArgs,
+    },
+    /// Walk a Service from the cluster objects to the maps and name the broken stage. Exits
+    /// with 2 when a stage is broken.
+    Explain {
+        /// The Service, as namespace/name (a bare name means the default namespace).
+        service: String,
+        /// Read the Service and EndpointSlices from this manifest directory instead of the API.
+        #[arg(long, env = "LB_MANIFESTS")]
+        manifests: Option<PathBuf>,
+        /// Kubeconfig to use instead of the in-cluster configuration.
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        #[command(flatten)]
+        pins: PinArgs,
+        /// This node's name (for internalTrafficPolicy: Local).
+        #[arg(long, env = "NODE_NAME")]
+        node_name: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Connect to an address repeatedly and report how the replies were spread.
     Probe {
@@ -260,6 +280,56 @@ fn main() -> Result<()> {
                 );
             } else {
                 println!("nothing pinned at {}", paths.root().display());
+            }
+            Ok(())
+        }
+        Command::Explain {
+            service,
+            manifests,
+            kubeconfig,
+            pins,
+            node_name,
+            json,
+        } => {
+            let (ns, name) = explain::parse_target(&service)
+                .with_context(|| format!("{service:?}: expected namespace/name"))?;
+            let snapshot = match &manifests {
+                Some(dir) => {
+                    let loaded = lb_agent::source::manifests::load_dir(dir)?;
+                    for e in &loaded.errors {
+                        eprintln!("skipping {e}");
+                    }
+                    loaded.snapshot
+                }
+                None => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("starting the tokio runtime")?
+                    .block_on(async {
+                        let client = app::kube_client(kubeconfig.as_deref()).await?;
+                        explain::fetch_from_cluster(client, &ns, &name).await
+                    })?,
+            };
+            let state = BpfMaps::open_pinned(&pins.paths()).and_then(|m| m.read());
+            let maps = match &state {
+                Ok(s) => explain::Maps::Read(s),
+                Err(e) => explain::Maps::NotRead(format!(
+                    "cannot read the pinned maps ({e:#}); run on the node, as root, with the agent's --pin-dir"
+                )),
+            };
+            #[allow(clippy::needless_update)] // NodeContext is growing (zone, node addresses)
+            let node = NodeContext {
+                node_name,
+                ..Default::default()
+            };
+            let report = explain::explain(&snapshot, &ns, &name, &node, maps);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", explain::render_text(&report));
+            }
+            if report.verdict.is_broken() {
+                std::process::exit(2);
             }
             Ok(())
         }

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{
     counter::Counter, family::Family, gauge::Gauge, histogram::Histogram,
@@ -11,6 +13,20 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
+}
+
+/// Which map a metric is about: `services`, `backends` or `rev_nat`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabel {
+    pub map: String,
+}
+
+impl MapLabel {
+    pub fn new(map: &str) -> Self {
+        Self {
+            map: map.to_string(),
+        }
+    }
 }
 
 impl ReasonLabel {
@@ -61,6 +77,11 @@ pub struct Metrics {
     pub socket_destroy_failures: Counter,
     /// Packets of the XDP/TC datapath by what happened to them (from `LB_XDP_STATS`).
     pub xdp_packets: Family<ResultLabel, Counter>,
+    pub snapshots_published: Counter,
+    pub map_fill_ratio: Family<MapLabel, Gauge<f64, AtomicU64>>,
+    pub map_max_entries: Family<MapLabel, Gauge>,
+    pub map_size_mismatch: Family<MapLabel, Gauge>,
+    pub service_stats: crate::service_stats::ServiceStats,
 }
 
 impl Default for Metrics {
@@ -151,6 +172,32 @@ impl Metrics {
             "Packets seen by the XDP forward path and the TC reply path, by result: passed (no frontend), forwarded, dropped_source_range, dropped_no_backend, replies, fragments",
             xdp_packets.clone(),
         );
+        let snapshots_published = Counter::default();
+        r.register(
+            "snapshots_published",
+            "Views of the cluster the source handed to the sync loop (a burst of changes folds into one)",
+            snapshots_published.clone(),
+        );
+        let map_fill_ratio = Family::<MapLabel, Gauge<f64, AtomicU64>>::default();
+        r.register(
+            "map_fill_ratio",
+            "Entries over max_entries of each map the agent writes, after the last sync",
+            map_fill_ratio.clone(),
+        );
+        let map_max_entries = Family::<MapLabel, Gauge>::default();
+        r.register(
+            "map_max_entries",
+            "max_entries of each map the agent writes, as the kernel has it",
+            map_max_entries.clone(),
+        );
+        let map_size_mismatch = Family::<MapLabel, Gauge>::default();
+        r.register(
+            "map_size_mismatch",
+            "1 when an adopted pinned map's size differs from its --*-map-size flag (`lb-agent cleanup` needed for the new size)",
+            map_size_mismatch.clone(),
+        );
+        let service_stats = crate::service_stats::ServiceStats::default();
+        r.register_collector(Box::new(service_stats.clone()));
         Self {
             registry: Arc::new(r),
             manifest_errors,
@@ -166,6 +213,11 @@ impl Metrics {
             sockets_destroyed,
             socket_destroy_failures,
             xdp_packets,
+            snapshots_published,
+            map_fill_ratio,
+            map_max_entries,
+            map_size_mismatch,
+            service_stats,
         }
     }
 

@@ -114,6 +114,7 @@ fn gone() -> Value {
 enum Kind {
     Services,
     Slices,
+    Nodes,
 }
 
 /// One request to the fake server, routed.
@@ -138,6 +139,8 @@ struct FakeApiServer {
     handle: Handle<Request<Body>, Response<Body>>,
     /// Watches that have been asked for and not answered yet, by resource.
     parked: BTreeMap<Kind, Call>,
+    /// Longest wait for the agent's next request.
+    step: Duration,
 }
 
 fn route(req: &Request<Body>) -> (Kind, bool, BTreeMap<String, String>) {
@@ -145,6 +148,7 @@ fn route(req: &Request<Body>) -> (Kind, bool, BTreeMap<String, String>) {
     let kind = match req.uri().path() {
         "/api/v1/services" => Kind::Services,
         "/apis/discovery.k8s.io/v1/endpointslices" => Kind::Slices,
+        "/api/v1/nodes" => Kind::Nodes,
         other => panic!("unexpected request path {other} in {}", req.uri()),
     };
     let query: BTreeMap<String, String> = req
@@ -170,7 +174,7 @@ fn ok(body: String) -> Response<Body> {
 
 impl FakeApiServer {
     async fn next_call(&mut self) -> Call {
-        let (req, reply) = timeout(STEP, self.handle.next_request())
+        let (req, reply) = timeout(self.step, self.handle.next_request())
             .await
             .expect("timed out waiting for a request from the agent")
             .expect("the agent's client went away");
@@ -261,6 +265,15 @@ fn check_common(call: &Call) {
             call.uri
         ),
         Kind::Services => assert_eq!(selector, None, "{}", call.uri),
+        Kind::Nodes => {
+            assert_eq!(selector, None, "{}", call.uri);
+            assert_eq!(
+                call.query.get("fieldSelector").map(String::as_str),
+                Some("metadata.name%3Dnode-a"),
+                "the Node watcher must select this node only: {}",
+                call.uri
+            );
+        }
     }
 }
 
@@ -397,6 +410,7 @@ async fn cluster_objects_flow_from_the_api_server_to_the_desired_state() {
     let mut api = FakeApiServer {
         handle,
         parked: BTreeMap::new(),
+        step: STEP,
     };
     let mut published = Published {
         rx,
@@ -605,4 +619,520 @@ async fn cluster_objects_flow_from_the_api_server_to_the_desired_state() {
         .expect("watch_cluster did not return after its receiver was dropped")
         .expect("watch_cluster panicked")
         .expect("watch_cluster failed");
+}
+
+// ------------------------------------------------------------------------------------------
+// Robustness: outages, bursts, this node. These run on tokio's paused clock: when every task
+// waits, time jumps to the next timer, so seconds of backoff take no real time and the
+// debounce delay is measured exactly (virtual time, not performance).
+// ------------------------------------------------------------------------------------------
+
+use std::collections::BTreeSet;
+
+use lb_agent::app;
+use lb_agent::k8s::translate::NodeContext;
+use lb_agent::source::kube::{ClusterOptions, DEBOUNCE, watch_cluster_with};
+use lb_agent::sync::{Capacity, MapState, Syncer};
+
+/// Virtual-time bound for the paused-clock tests (backoff with jitter can reach 30 s).
+const PAUSED_STEP: Duration = Duration::from_secs(120);
+
+fn node(name: &str, zone: &str, rv: &str, ready: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "resourceVersion": rv,
+            "labels": {"topology.kubernetes.io/zone": zone, "kubernetes.io/hostname": name}},
+        "status": {"conditions": [{"type": "Ready", "status": ready}]}
+    })
+}
+
+fn node_list(rv: &str, items: Vec<Value>) -> Value {
+    list("NodeList", "v1", rv, items)
+}
+
+/// A Status body as the API server sends with an error code.
+fn status(code: u16, reason: &str) -> Response<Body> {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": reason, "reason": reason, "code": code});
+    let mut resp = Response::new(Body::from(body.to_string().into_bytes()));
+    *resp.status_mut() = StatusCode::from_u16(code).expect("a valid status code");
+    resp
+}
+
+struct Harness {
+    api: FakeApiServer,
+    published: Published,
+    metrics: Metrics,
+    agent: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn start(node_name: Option<&str>) -> Harness {
+    let (mock, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(mock, "default");
+    let (tx, rx) = watch::channel(None);
+    let metrics = Metrics::new();
+    let opts = ClusterOptions {
+        node_name: node_name.map(str::to_owned),
+    };
+    let agent = tokio::spawn(watch_cluster_with(client, tx, metrics.clone(), opts));
+    Harness {
+        api: FakeApiServer {
+            handle,
+            parked: BTreeMap::new(),
+            step: PAUSED_STEP,
+        },
+        published: Published {
+            rx,
+            seen: Vec::new(),
+        },
+        metrics,
+        agent,
+    }
+}
+
+impl Published {
+    /// Waits (paused clock) for a snapshot like `want`.
+    async fn wait_paused(&mut self, what: &str, want: &View) -> Snapshot {
+        let seen = &mut self.seen;
+        match timeout(
+            PAUSED_STEP,
+            self.rx.wait_for(|s| {
+                s.as_ref().is_some_and(|s| {
+                    let v = view(s);
+                    let hit = &v == want;
+                    seen.push(v);
+                    hit
+                })
+            }),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s.clone().expect("matched a published snapshot"),
+            Ok(Err(_)) => panic!("{what}: watch_cluster dropped its sender"),
+            Err(_) => panic!(
+                "{what}: wanted {want:?}, last published {:?}",
+                self.seen.last()
+            ),
+        }
+    }
+}
+
+/// The maps as frontend -> backends, from a datapath state.
+fn programmed(state: &MapState) -> BTreeMap<String, Vec<String>> {
+    lb_agent::inspect::view(state)
+        .frontends
+        .into_iter()
+        .map(|f| {
+            (
+                format!("{}:{}/{}", f.address, f.port, f.protocol),
+                f.backends
+                    .iter()
+                    .map(|b| format!("{}:{}", b.address, b.port))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn backend_ids(state: &MapState) -> BTreeMap<String, u32> {
+    state
+        .backends
+        .iter()
+        .map(|(id, b)| {
+            let addr = lb_agent::sync::map_state::addr_from_map(&b.addr);
+            (format!("{addr}:{}", b.port), *id)
+        })
+        .collect()
+}
+
+/// Feeds a snapshot through translation into the in-memory maps, as the run loop does.
+fn sync(syncer: &mut Syncer<MapState>, snap: &Snapshot, metrics: &Metrics) {
+    let mut reported = BTreeSet::new();
+    app::apply(
+        syncer,
+        snap,
+        &NodeContext::default(),
+        metrics,
+        &mut reported,
+    );
+    assert!(syncer.in_sync());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_api_outage_of_seconds_keeps_the_maps_and_recovery_applies_only_the_diff() {
+    let Harness {
+        mut api,
+        mut published,
+        metrics,
+        agent,
+    } = start(None);
+    api.serve(vec![
+        (
+            Kind::Services,
+            vec![
+                Expect::List(service_list(
+                    "100",
+                    vec![
+                        service("web", "10.96.0.20", "http", 80, "90"),
+                        service("db", "10.96.0.30", "pg", 5432, "91"),
+                    ],
+                )),
+                Expect::Watch { from: "100" },
+            ],
+        ),
+        (
+            Kind::Slices,
+            vec![
+                Expect::List(slice_list(
+                    "100",
+                    vec![
+                        slice(
+                            "web-abc",
+                            "web",
+                            "http",
+                            8080,
+                            &["10.244.1.2", "10.244.2.2"],
+                            "92",
+                        ),
+                        slice("db-xyz", "db", "pg", 5432, &["10.244.3.3"], "93"),
+                    ],
+                )),
+                Expect::Watch { from: "100" },
+            ],
+        ),
+    ])
+    .await;
+    let snap = published
+        .wait_paused(
+            "initial lists",
+            &expect_view(
+                &["db", "web"],
+                &[
+                    ("db-xyz", &["10.244.3.3"]),
+                    ("web-abc", &["10.244.1.2", "10.244.2.2"]),
+                ],
+            ),
+        )
+        .await;
+    let mut syncer = Syncer::new(MapState::default(), Capacity::default());
+    sync(&mut syncer, &snap, &metrics);
+    let before = syncer.datapath().clone();
+    let ids_before = backend_ids(&before);
+    assert_eq!(
+        programmed(&before),
+        BTreeMap::from([
+            (
+                "10.96.0.20:80/TCP".to_string(),
+                vec!["10.244.1.2:8080".to_string(), "10.244.2.2:8080".into()]
+            ),
+            ("10.96.0.30:5432/TCP".into(), vec!["10.244.3.3:5432".into()]),
+        ])
+    );
+    let published_before = metrics.snapshots_published.get();
+
+    // The outage: both watch bodies end (the connection drops) and for five seconds every
+    // request fails, half with 503s from a load balancer in front of the API server, half as
+    // refused connections. The watchers retry the WATCH from where they were, with backoff.
+    api.push(Kind::Services, &[]);
+    api.push(Kind::Slices, &[]);
+    let outage_start = tokio::time::Instant::now();
+    let mut failures: BTreeMap<Kind, usize> = BTreeMap::new();
+    let mut n = 0;
+    while outage_start.elapsed() < Duration::from_secs(5)
+        || failures.values().copied().min().unwrap_or(0) < 2
+        || failures.len() < 2
+    {
+        let call = api.next_call().await;
+        check_common(&call);
+        assert!(
+            call.watch,
+            "a watcher that had listed relists only after a 410: {}",
+            call.uri
+        );
+        assert_eq!(
+            call.query.get("resourceVersion").map(String::as_str),
+            Some("100"),
+            "retries resume from the last resourceVersion: {}",
+            call.uri
+        );
+        *failures.entry(call.kind).or_default() += 1;
+        n += 1;
+        if n % 2 == 0 {
+            call.reply.send_response(status(503, "ServiceUnavailable"));
+        } else {
+            call.reply.send_error(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "connection refused",
+            ));
+        }
+    }
+    assert!(outage_start.elapsed() >= Duration::from_secs(5));
+    assert!(metrics.watch_errors.get() >= 4, "{failures:?}");
+    // Nothing was published during the outage, so the maps were never touched.
+    assert_eq!(metrics.snapshots_published.get(), published_before);
+    assert!(!published.rx.has_changed().expect("watch_cluster runs"));
+
+    // The API server is back. The Services watch resumes and carries what happened meanwhile
+    // (db deleted); the EndpointSlice watch finds its resourceVersion compacted away (410) and
+    // relists: db-xyz and 10.244.1.2 are gone, 10.244.4.4 is new.
+    api.serve(vec![
+        (Kind::Services, vec![Expect::Watch { from: "100" }]),
+        (Kind::Slices, vec![Expect::Watch { from: "100" }]),
+    ])
+    .await;
+    api.push(
+        Kind::Services,
+        &[event(
+            "DELETED",
+            service("db", "10.96.0.30", "pg", 5432, "180"),
+        )],
+    );
+    api.push(Kind::Slices, &[gone()]);
+    api.serve(vec![
+        (Kind::Services, vec![Expect::Watch { from: "180" }]),
+        (
+            Kind::Slices,
+            vec![
+                Expect::List(slice_list(
+                    "200",
+                    vec![slice(
+                        "web-abc",
+                        "web",
+                        "http",
+                        8080,
+                        &["10.244.2.2", "10.244.4.4"],
+                        "190",
+                    )],
+                )),
+                Expect::Watch { from: "200" },
+            ],
+        ),
+    ])
+    .await;
+    let snap = published
+        .wait_paused(
+            "after the outage",
+            &expect_view(&["web"], &[("web-abc", &["10.244.2.2", "10.244.4.4"])]),
+        )
+        .await;
+    for v in &published.seen {
+        assert!(!v.services.is_empty() && !v.slices.is_empty(), "{v:?}");
+    }
+    let writes_before = metrics.syncs.get();
+    sync(&mut syncer, &snap, &metrics);
+    assert_eq!(metrics.syncs.get(), writes_before + 1);
+    let after = syncer.datapath().clone();
+    assert_eq!(
+        programmed(&after),
+        BTreeMap::from([(
+            "10.96.0.20:80/TCP".to_string(),
+            vec!["10.244.2.2:8080".to_string(), "10.244.4.4:8080".into()]
+        )])
+    );
+    // Only the difference was written: the backend that stayed kept its id, and the maps hold
+    // nothing of db or of the pod that left.
+    let ids_after = backend_ids(&after);
+    assert_eq!(ids_after["10.244.2.2:8080"], ids_before["10.244.2.2:8080"]);
+    assert_eq!(ids_after.len(), 2, "{ids_after:?}");
+    assert_eq!(after.rev_nat.len(), 1, "{:?}", after.rev_nat);
+    let web_rev = before
+        .frontends()
+        .find(|(k, _)| k.port == 80)
+        .map(|(_, v)| v.rev_nat_id);
+    assert_eq!(
+        after.frontends().next().map(|(_, v)| v.rev_nat_id),
+        web_rev,
+        "web kept its reverse-NAT id"
+    );
+    api.expect_quiet().await;
+    assert!(!agent.is_finished());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_folds_into_few_snapshots_and_a_single_change_is_not_held_back() {
+    let Harness {
+        mut api,
+        mut published,
+        metrics,
+        agent: _agent,
+    } = start(None);
+    api.serve(vec![
+        (
+            Kind::Services,
+            vec![
+                Expect::List(service_list(
+                    "100",
+                    vec![service("web", "10.96.0.20", "http", 80, "90")],
+                )),
+                Expect::Watch { from: "100" },
+            ],
+        ),
+        (
+            Kind::Slices,
+            vec![
+                Expect::List(slice_list(
+                    "100",
+                    vec![slice("web-abc", "web", "http", 8080, &["10.244.1.2"], "92")],
+                )),
+                Expect::Watch { from: "100" },
+            ],
+        ),
+    ])
+    .await;
+    published
+        .wait_paused(
+            "initial lists",
+            &expect_view(&["web"], &[("web-abc", &["10.244.1.2"])]),
+        )
+        .await;
+
+    // One EndpointSlice change: published one debounce interval later, not after the burst
+    // window a busier cluster would need.
+    let t0 = tokio::time::Instant::now();
+    let before = metrics.snapshots_published.get();
+    api.push(
+        Kind::Slices,
+        &[event(
+            "MODIFIED",
+            slice("web-abc", "web", "http", 8080, &["10.244.1.9"], "101"),
+        )],
+    );
+    published
+        .wait_paused(
+            "one change",
+            &expect_view(&["web"], &[("web-abc", &["10.244.1.9"])]),
+        )
+        .await;
+    let took = t0.elapsed();
+    assert!(
+        took <= DEBOUNCE + Duration::from_millis(5),
+        "a single change waited {took:?} (virtual) for more"
+    );
+    assert_eq!(metrics.snapshots_published.get(), before + 1);
+
+    // A rollout: 10 watch bodies 5 ms apart, 50 events each (every pod of the slice replaced
+    // 500 times). The last state wins and the whole burst costs a handful of snapshots.
+    const BODIES: u32 = 10;
+    const EVENTS: u32 = 50;
+    let gap = Duration::from_millis(5);
+    let before = metrics.snapshots_published.get();
+    let mut rv = 101u32;
+    let mut last = String::new();
+    for _ in 0..BODIES {
+        api.serve(vec![(
+            Kind::Slices,
+            vec![Expect::Watch {
+                from: Box::leak(rv.to_string().into_boxed_str()),
+            }],
+        )])
+        .await;
+        let events: Vec<Value> = (0..EVENTS)
+            .map(|_| {
+                rv += 1;
+                last = format!("10.244.{}.{}", rv / 250, rv % 250 + 1);
+                event(
+                    "MODIFIED",
+                    slice("web-abc", "web", "http", 8080, &[&last], &rv.to_string()),
+                )
+            })
+            .collect();
+        api.push(Kind::Slices, &events);
+        tokio::time::sleep(gap).await;
+    }
+    published
+        .wait_paused(
+            "after the burst",
+            &expect_view(&["web"], &[("web-abc", &[last.as_str()])]),
+        )
+        .await;
+    let snapshots = metrics.snapshots_published.get() - before;
+    let span = gap * BODIES;
+    let bound = (span.as_millis() / DEBOUNCE.as_millis()) as u64 + 2;
+    assert!(
+        (1..=bound).contains(&snapshots),
+        "{} events over {span:?} made {snapshots} snapshots (at most {bound} expected)",
+        BODIES * EVENTS
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn this_nodes_zone_is_watched_and_only_zone_changes_publish() {
+    let Harness {
+        mut api,
+        mut published,
+        metrics,
+        agent: _agent,
+    } = start(Some("node-a"));
+    api.serve(vec![
+        (
+            Kind::Services,
+            vec![
+                Expect::List(service_list(
+                    "100",
+                    vec![service("web", "10.96.0.20", "http", 80, "90")],
+                )),
+                Expect::Watch { from: "100" },
+            ],
+        ),
+        (
+            Kind::Slices,
+            vec![
+                Expect::List(slice_list(
+                    "100",
+                    vec![slice("web-abc", "web", "http", 8080, &["10.244.1.2"], "92")],
+                )),
+                Expect::Watch { from: "100" },
+            ],
+        ),
+        (
+            Kind::Nodes,
+            vec![
+                Expect::List(node_list(
+                    "100",
+                    vec![node("node-a", "zone-1", "95", "True")],
+                )),
+                Expect::Watch { from: "100" },
+            ],
+        ),
+    ])
+    .await;
+    let want = expect_view(&["web"], &[("web-abc", &["10.244.1.2"])]);
+    let snap = published.wait_paused("initial lists", &want).await;
+    assert_eq!(snap.zone(Some("node-a")), Some("zone-1"));
+    assert_eq!(snap.nodes.len(), 1);
+
+    // A status-only update (the kubelet rewrites its Node often): nothing to publish.
+    let before = metrics.snapshots_published.get();
+    api.push(
+        Kind::Nodes,
+        &[event("MODIFIED", node("node-a", "zone-1", "101", "False"))],
+    );
+    api.serve(vec![(Kind::Nodes, vec![Expect::Watch { from: "101" }])])
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(metrics.snapshots_published.get(), before);
+
+    // The zone label changes: published.
+    api.push(
+        Kind::Nodes,
+        &[event("MODIFIED", node("node-a", "zone-2", "102", "True"))],
+    );
+    api.serve(vec![(Kind::Nodes, vec![Expect::Watch { from: "102" }])])
+        .await;
+    let snap = timeout(
+        PAUSED_STEP,
+        published.rx.wait_for(|s| {
+            s.as_ref()
+                .is_some_and(|s| s.zone(Some("node-a")) == Some("zone-2"))
+        }),
+    )
+    .await
+    .expect("the new zone was published")
+    .expect("watch_cluster runs")
+    .clone()
+    .expect("a snapshot");
+    assert_eq!(view(&snap), want, "services and slices unchanged");
+    assert_eq!(metrics.snapshots_published.get(), before + 1);
+    api.expect_quiet().await;
 }

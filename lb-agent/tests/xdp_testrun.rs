@@ -70,6 +70,7 @@ fn snapshot(pods: &[u8]) -> Snapshot {
             serde_json::from_value(v4).expect("slice"),
             serde_json::from_value(v6).expect("slice"),
         ],
+        ..Default::default()
     }
 }
 

@@ -35,7 +35,10 @@ pub mod map_names {
     pub const SRC_RANGES: &str = "LB_SRC_RANGES";
     /// Per-CPU packet counters of the XDP and TC programs, indexed by [`crate::xdp_stat`].
     pub const XDP_STATS: &str = "LB_XDP_STATS";
-    pub const ALL: [&str; 9] = [
+
+    /// Connections forwarded and rejected per frontend (per-CPU, keyed by reverse-NAT id).
+    pub const CONN_STATS: &str = "LB_CONN_STATS";
+    pub const ALL: [&str; 10] = [
         SERVICES,
         BACKENDS,
         REV_NAT,
@@ -45,6 +48,7 @@ pub mod map_names {
         CT,
         SRC_RANGES,
         XDP_STATS,
+        CONN_STATS,
     ];
 }
 
@@ -85,6 +89,8 @@ pub mod capacity {
     pub const SOCK_REV_NAT: u32 = 262_144;
     /// (client, frontend) pairs remembered for `sessionAffinity: ClientIP` (LRU).
     pub const AFFINITY: u32 = 65_536;
+    /// Per-frontend connection counters: at most one per reverse-NAT id.
+    pub const CONN_STATS: u32 = REV_NAT;
     /// The most backends one frontend can have (slot numbers are u16; slot 0 is the service).
     pub const MAX_BACKENDS_PER_SERVICE: u16 = u16::MAX - 1;
     /// Entries of one Maglev table: a prime near 16k, as Cilium's default, so a backend
@@ -358,6 +364,17 @@ impl SrcRangeKey {
     }
 }
 
+/// Value of the per-CPU connection counters, keyed by reverse-NAT id (one per frontend
+/// address and port). Each CPU counts its own; user space sums them when it is scraped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnStats {
+    /// connect()/sendmsg() calls rewritten to a backend.
+    pub forwarded: u64,
+    /// Calls failed with ECONNREFUSED because the frontend had no usable backend.
+    pub rejected: u64,
+}
+
 // The kernel and user space must agree on these byte for byte.
 const _: () = {
     use core::mem::{align_of, size_of};
@@ -374,6 +391,7 @@ const _: () = {
     assert!(size_of::<CtKey>() == 40 && align_of::<CtKey>() == 2);
     assert!(size_of::<CtValue>() == 24 && align_of::<CtValue>() == 4);
     assert!(size_of::<SrcRangeKey>() == 20 && align_of::<SrcRangeKey>() == 1);
+    assert!(size_of::<ConnStats>() == 16 && align_of::<ConnStats>() == 8);
 };
 
 /// `::ffff:a.b.c.d` for an IPv4 address given as its four bytes in network order.
@@ -438,7 +456,8 @@ mod user {
         RevNat,
         CtKey,
         CtValue,
-        SrcRangeKey
+        SrcRangeKey,
+        ConnStats
     );
 }
 

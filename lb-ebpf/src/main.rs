@@ -8,6 +8,7 @@ mod iter;
 mod maps;
 mod packet;
 mod sock;
+mod stats;
 mod tc;
 mod xdp;
 

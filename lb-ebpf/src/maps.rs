@@ -2,12 +2,14 @@
 //! Their layouts live in `lb-common`; their names in `lb_common::map_names`.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, RevNat, RevNatKey, ServiceKey,
-    ServiceValue, SockRevNat, SockRevNatKey, SrcRangeKey, capacity, select::Tables, xdp_stat,
+    AffinityKey, AffinityValue, Backend, BackendKey, ConnStats, CtKey, CtValue, RevNat, RevNatKey,
+    ServiceKey, ServiceValue, SockRevNat, SockRevNatKey, SrcRangeKey, capacity, select::Tables,
+    xdp_stat,
 };
 
 #[btf_map]
@@ -64,6 +66,15 @@ pub fn count(stat: u32) {
         unsafe { *p += 1 };
     }
 }
+/// Connections forwarded and rejected per reverse-NAT id, counted per CPU. Not preallocated:
+/// memory grows with the frontends that see traffic, not with the capacity times the CPUs.
+#[btf_map]
+pub static LB_CONN_STATS: PerCpuHashMap<
+    u32,
+    ConnStats,
+    { capacity::CONN_STATS as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = PerCpuHashMap::new();
 
 /// The service and backend tables as the shared decision logic sees them.
 pub struct Maps;

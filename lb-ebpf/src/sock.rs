@@ -120,15 +120,20 @@ fn translate<const V6: bool>(ctx: &SockAddrContext, l4: u8) -> i32 {
     };
     match decide(&Maps, &frontend, random, client) {
         Decision::NotAService => ALLOW,
-        Decision::Reject => reject(),
+        Decision::Reject => {
+            crate::stats::rejected(ctx, &frontend);
+            reject()
+        }
         Decision::Forward {
             backend,
             rev_nat_id,
             affinity,
         } => {
             if !set_destination::<V6>(sa, &backend.addr, backend.port) {
+                crate::stats::rejected(ctx, &frontend);
                 return reject();
             }
+            crate::stats::forwarded(ctx, &frontend, &backend, rev_nat_id);
             if let Some((k, v)) = affinity {
                 let _ = LB_AFFINITY.insert(k, v, 0);
             }

@@ -365,6 +365,11 @@ impl Sandbox {
 
     /// Starts `lb-agent run` on this sandbox and waits until /readyz answers 200.
     pub fn start_agent(&mut self, extra: &[&str]) -> Result<()> {
+        self.start_agent_env(extra, &[])
+    }
+
+    /// [`Sandbox::start_agent`] with extra environment (e.g. `RUST_LOG`).
+    pub fn start_agent_env(&mut self, extra: &[&str], env: &[(&str, &str)]) -> Result<()> {
         let log = File::create(self.workdir.join("agent.log"))?;
         let child = Command::new(&self.agent_bin)
             .arg("run")
@@ -379,6 +384,7 @@ impl Sandbox {
             .args(extra)
             .env("RUST_LOG", "info")
             .env("RUST_BACKTRACE", "0")
+            .envs(env.iter().copied())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()

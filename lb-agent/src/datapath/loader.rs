@@ -2,12 +2,15 @@
 //! and attaching the socket programs to a cgroup through pinned links.
 //!
 //! A restart must not drop connection attempts, so a new agent never detaches before it has
-//! attached: it attaches its programs beside the old ones (multi-attach), pins the new links
-//! under a temporary name and renames them over the old pins, which releases the old links.
-//! While both are attached the old program sees an already-rewritten backend address and
-//! passes it through.
+//! attached. Where a previous agent left a pinned link on the same cgroup, the new program
+//! replaces the old one behind that link atomically (BPF_LINK_UPDATE, see [`link_update`]).
+//! Otherwise (a first start, or a changed `--cgroup`) it attaches its programs beside any old
+//! ones (multi-attach), pins the new links under a temporary name and renames them over the
+//! old pins, which releases the old links; while both are attached the old program sees an
+//! already-rewritten backend address and passes it through.
 
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -21,7 +24,7 @@ use aya::{Ebpf, EbpfLoader};
 use lb_common::{map_names, program_names};
 use tracing::{info, warn};
 
-use super::{EBPF_OBJECT, kfunc, maps::BpfMaps, pins::PinPaths, system};
+use super::{EBPF_OBJECT, bpf_log, kfunc, link_update, maps::BpfMaps, pins::PinPaths, system};
 use crate::sync::Capacity;
 
 pub struct LoadOptions {
@@ -60,6 +63,7 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
         .map_max_entries(map_names::SERVICES, opts.capacity.services)
         .map_max_entries(map_names::BACKENDS, opts.capacity.backends)
         .map_max_entries(map_names::REV_NAT, opts.capacity.rev_nat)
+        .map_max_entries(map_names::CONN_STATS, opts.capacity.rev_nat)
         .map_max_entries(
             map_names::MAGLEV,
             opts.capacity
@@ -67,6 +71,8 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
                 .checked_mul(opts.capacity.maglev_tables)
                 .context("--maglev-table-size x --maglev-tables overflows")?,
         );
+    let log_level: &'static u8 = Box::leak(Box::new(bpf_log::programs_level() as u8));
+    bpf_log::configure(&mut loader, log_level);
     let object = kfunc::resolve_for_kernel(EBPF_OBJECT)?;
     let mut ebpf = loader
         .load(object.bytes())
@@ -77,7 +83,7 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
     let cgroup = File::open(&opts.cgroup)
         .with_context(|| format!("opening cgroup {}", opts.cgroup.display()))?;
     for name in program_names::ALL {
-        attach_cgroup_program(&mut ebpf, name, &cgroup, &opts.pins)?;
+        attach_cgroup_program(&mut ebpf, name, &cgroup, &opts.cgroup, &opts.pins)?;
     }
     info!(cgroup = %opts.cgroup.display(), pins = %opts.pins.root().display(), "programs attached");
     if !opts.xdp_ifaces.is_empty() {
@@ -179,6 +185,7 @@ fn attach_cgroup_program(
     ebpf: &mut Ebpf,
     name: &str,
     cgroup: &File,
+    cgroup_path: &std::path::Path,
     pins: &PinPaths,
 ) -> Result<()> {
     let prog: &mut CgroupSockAddr = ebpf
@@ -188,6 +195,26 @@ fn attach_cgroup_program(
         .with_context(|| format!("{name} is not a cgroup sock_addr program"))?;
     prog.load()
         .with_context(|| format!("loading {name} (the verifier said no)"))?;
+    let final_path = pins.link(name);
+    if final_path.exists() {
+        let updated = prog.fd().map_err(anyhow::Error::from).and_then(|fd| {
+            link_update::update_pinned_cgroup_link(&final_path, cgroup_path, fd.as_fd())
+        });
+        match updated {
+            Ok(()) => {
+                info!(
+                    program = name,
+                    "replaced the program behind the pinned link in place"
+                );
+                return Ok(());
+            }
+            Err(e) => warn!(
+                program = name,
+                error = %format!("{e:#}"),
+                "cannot update the pinned link in place; attaching beside it and replacing its pin"
+            ),
+        }
+    }
     // With BPF links the kernel wants no attach flags and always allows several links on one
     // cgroup, which is what lets a new agent attach beside the old one.
     let id = prog
@@ -198,7 +225,6 @@ fn attach_cgroup_program(
         .with_context(|| format!("taking the link of {name}"))?
         .try_into()
         .with_context(|| format!("{name}'s link is not an fd link (kernel < 5.7?)"))?;
-    let final_path = pins.link(name);
     // bpffs refuses names with a dot.
     let tmp = pins.link(&format!("{name}_new"));
     if tmp.exists() {

@@ -2,9 +2,10 @@
 
 use anyhow::{Context, Result};
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, IterableMap, Map, MapData, PerCpuHashMap};
 use lb_common::{
-    Backend, BackendKey, RevNat, RevNatKey, ServiceKey, ServiceValue, SrcRangeKey, map_names,
+    Backend, BackendKey, ConnStats, RevNat, RevNatKey, ServiceKey, ServiceValue, SrcRangeKey,
+    map_names,
 };
 
 use super::pins::PinPaths;
@@ -17,6 +18,8 @@ pub struct BpfMaps {
     rev_nat: HashMap<MapData, RevNatKey, RevNat>,
     maglev: Array<MapData, u32>,
     src_ranges: LpmTrie<MapData, SrcRangeKey, u8>,
+    /// Per-frontend connection counters; None for pins made before they existed.
+    conn_stats: Option<PerCpuHashMap<MapData, u32, ConnStats>>,
 }
 
 fn lpm_key(r: &SrcRange) -> LpmKey<SrcRangeKey> {
@@ -24,6 +27,14 @@ fn lpm_key(r: &SrcRange) -> LpmKey<SrcRangeKey> {
         SrcRangeKey::prefix_len(u32::from(r.bits)),
         SrcRangeKey::new(r.rev_nat_id, r.addr),
     )
+}
+
+/// max_entries of the agent-written maps, as the kernel has them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    pub services: u32,
+    pub backends: u32,
+    pub rev_nat: u32,
 }
 
 fn typed<K: aya::Pod, V: aya::Pod>(map: Map, name: &str) -> Result<HashMap<MapData, K, V>> {
@@ -44,6 +55,10 @@ impl BpfMaps {
             rev_nat: typed(take(map_names::REV_NAT)?, map_names::REV_NAT)?,
             maglev: Array::try_from(take(map_names::MAGLEV)?).context("LB_MAGLEV")?,
             src_ranges: LpmTrie::try_from(take(map_names::SRC_RANGES)?).context("LB_SRC_RANGES")?,
+            conn_stats: Some(
+                PerCpuHashMap::try_from(take(map_names::CONN_STATS)?)
+                    .context("map LB_CONN_STATS is not a per-CPU hash map")?,
+            ),
         })
     }
 
@@ -61,7 +76,32 @@ impl BpfMaps {
             rev_nat: typed(open(map_names::REV_NAT)?, map_names::REV_NAT)?,
             maglev: Array::try_from(open(map_names::MAGLEV)?).context("LB_MAGLEV")?,
             src_ranges: LpmTrie::try_from(open(map_names::SRC_RANGES)?).context("LB_SRC_RANGES")?,
+            conn_stats: open(map_names::CONN_STATS)
+                .ok()
+                .and_then(|m| PerCpuHashMap::try_from(m).ok()),
         })
+    }
+
+    /// The maps' max_entries as created (an adopted pinned map keeps the size it was made with).
+    pub fn sizes(&self) -> Result<MapSizes> {
+        let max = |m: &MapData, name: &str| -> Result<u32> {
+            Ok(m.info()
+                .with_context(|| format!("reading the info of {name}"))?
+                .max_entries())
+        };
+        Ok(MapSizes {
+            services: max(self.services.map(), map_names::SERVICES)?,
+            backends: max(self.backends.map(), map_names::BACKENDS)?,
+            rev_nat: max(self.rev_nat.map(), map_names::REV_NAT)?,
+        })
+    }
+
+    /// Forgets the connection counters of a reverse-NAT id that now stands for another
+    /// frontend, or for none (best effort: counters are not worth failing a sync for).
+    fn reset_conn_stats(&mut self, id: u32) {
+        if let Some(m) = &mut self.conn_stats {
+            let _ = m.remove(&id);
+        }
     }
 }
 
@@ -69,10 +109,16 @@ impl Datapath for BpfMaps {
     fn apply(&mut self, op: &Op) -> Result<()> {
         match op {
             Op::PutBackend(id, b) => self.backends.insert(BackendKey { id: *id }, b, 0),
-            Op::PutRevNat(id, r) => self.rev_nat.insert(RevNatKey { id: *id }, r, 0),
+            Op::PutRevNat(id, r) => {
+                self.reset_conn_stats(*id);
+                self.rev_nat.insert(RevNatKey { id: *id }, r, 0)
+            }
             Op::PutService(k, v) => self.services.insert(k, v, 0),
             Op::DelService(k) => self.services.remove(k),
-            Op::DelRevNat(id) => self.rev_nat.remove(&RevNatKey { id: *id }),
+            Op::DelRevNat(id) => {
+                self.reset_conn_stats(*id);
+                self.rev_nat.remove(&RevNatKey { id: *id })
+            }
             Op::DelBackend(id) => self.backends.remove(&BackendKey { id: *id }),
             Op::PutMaglev(table, size, entries) => {
                 let base = u32::from(*table) * size;

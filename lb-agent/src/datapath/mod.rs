@@ -1,7 +1,9 @@
 //! The kernel side as the agent sees it: where things are pinned, loading and attaching the
 //! programs, and the maps as a [`crate::sync::Datapath`].
 
+pub mod bpf_log;
 pub mod kfunc;
+pub mod link_update;
 pub mod loader;
 pub mod maps;
 pub mod pins;

@@ -706,6 +706,7 @@ mod tests {
                 {"addresses": ["10.244.1.2"], "conditions": {"ready": true}},
                 {"addresses": ["10.244.2.2"]}
             ]))],
+            ..Default::default()
         });
         assert!(t.problems.is_empty(), "{:?}", t.problems);
         assert_eq!(
@@ -730,6 +731,7 @@ mod tests {
                 {"addresses": ["10.244.1.2"], "conditions": {"ready": false}},
                 {"addresses": ["10.244.2.2"], "conditions": {"ready": true}}
             ]))],
+            ..Default::default()
         });
         assert_eq!(
             backend_ips(&t, &frontend("10.96.0.20", 80)),
@@ -747,6 +749,7 @@ mod tests {
         let t = translate(&Snapshot {
             services: vec![web_service()],
             slices: vec![web_slice(eps)],
+            ..Default::default()
         });
         assert_eq!(
             backend_ips(&t, &frontend("10.96.0.20", 80)),
@@ -760,6 +763,7 @@ mod tests {
         let t = translate(&Snapshot {
             services: vec![web_service()],
             slices: vec![web_slice(eps)],
+            ..Default::default()
         });
         assert_eq!(
             backend_ips(&t, &frontend("10.96.0.20", 80)),
@@ -777,6 +781,7 @@ mod tests {
                 {"addresses": ["10.244.1.2"], "nodeName": "node-a"},
                 {"addresses": ["10.244.2.2"], "nodeName": "node-b"}
             ]))],
+            ..Default::default()
         };
         let node = |n: &str| NodeContext {
             node_name: Some(n.into()),
@@ -804,6 +809,7 @@ mod tests {
         let snap = |svc: Service| Snapshot {
             services: vec![svc],
             slices: vec![],
+            ..Default::default()
         };
         let t = translate(&snap(svc.clone()));
         assert_eq!(
@@ -829,6 +835,7 @@ mod tests {
         let t = translate(&Snapshot {
             services: vec![web_service()],
             slices: vec![],
+            ..Default::default()
         });
         assert!(
             t.desired.frontends[&frontend("10.96.0.20", 80)]
@@ -844,6 +851,7 @@ mod tests {
         let t = translate(&Snapshot {
             services: vec![web_service()],
             slices: vec![s],
+            ..Default::default()
         });
         assert!(
             t.desired.frontends[&frontend("10.96.0.20", 80)]
@@ -868,6 +876,7 @@ mod tests {
         let t = translate(&Snapshot {
             services: vec![web_service()],
             slices: vec![other_ns, other_svc],
+            ..Default::default()
         });
         assert!(
             t.desired.frontends[&frontend("10.96.0.20", 80)]
@@ -891,6 +900,7 @@ mod tests {
         let t = translate(&Snapshot {
             services: vec![headless, ext, other],
             slices: vec![],
+            ..Default::default()
         });
         assert!(t.desired.frontends.is_empty());
         assert!(t.problems.is_empty());
@@ -911,6 +921,7 @@ mod tests {
         let t = translate(&Snapshot {
             services: vec![bad_ip, bad_port, no_name, web_service()],
             slices: vec![bad_slice, unlabelled],
+            ..Default::default()
         });
         let reasons: BTreeSet<_> = t.problems.iter().map(|p| p.reason).collect();
         assert_eq!(
@@ -943,6 +954,7 @@ mod tests {
         let t = translate(&Snapshot {
             services: vec![s],
             slices: vec![v4, v6],
+            ..Default::default()
         });
         assert!(t.problems.is_empty(), "{:?}", t.problems);
         assert_eq!(
@@ -969,7 +981,7 @@ mod tests {
                     None => json!({"addresses": [addr]}),
                 }
             }).collect();
-            let t = translate(&Snapshot { services: vec![web_service()], slices: vec![web_slice(json!(endpoints))] });
+            let t = translate(&Snapshot { services: vec![web_service()], slices: vec![web_slice(json!(endpoints))], ..Default::default() });
             let expected: BTreeSet<String> = eps.iter()
                 .filter(|(_, ready, garbage)| *ready != Some(false) && !*garbage)
                 .map(|(last, _, _)| format!("10.244.0.{last}:8080"))
@@ -1012,6 +1024,7 @@ mod tests {
                 {"addresses": ["10.244.1.2"], "nodeName": "node-a"},
                 {"addresses": ["10.244.2.2"], "nodeName": "node-b"}
             ]))],
+            ..Default::default()
         }
     }
 
@@ -1179,6 +1192,7 @@ mod tests {
         let snap = Snapshot {
             services: vec![web_service()],
             slices: vec![slice_with(hinted)],
+            ..Default::default()
         };
         let t = translate_for(&snap, &node_b());
         let f = frontend("10.96.0.20", 80);
@@ -1204,6 +1218,7 @@ mod tests {
         let snap = Snapshot {
             services: vec![svc.clone()],
             slices: vec![slice_with(zoned.clone())],
+            ..Default::default()
         };
         assert_eq!(
             backend_ips(&translate_for(&snap, &node_b()), &f),
@@ -1213,6 +1228,7 @@ mod tests {
         let plain = Snapshot {
             services: vec![web_service()],
             slices: vec![slice_with(zoned)],
+            ..Default::default()
         };
         assert_eq!(backend_ips(&translate_for(&plain, &node_b()), &f).len(), 2);
         // One endpoint without a zone: hints cannot be used, every endpoint.
@@ -1224,6 +1240,7 @@ mod tests {
         let snap = Snapshot {
             services: vec![svc],
             slices: vec![slice_with(partial)],
+            ..Default::default()
         };
         assert_eq!(backend_ips(&translate_for(&snap, &node_b()), &f).len(), 3);
     }
@@ -1237,6 +1254,7 @@ mod tests {
         let t = translate(&Snapshot {
             services: vec![s],
             slices: vec![],
+            ..Default::default()
         });
         assert_eq!(t.desired.frontends.len(), 1);
         assert!(t.desired.frontends.keys().all(|f| f.proto == Protocol::Tcp));

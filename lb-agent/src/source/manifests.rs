@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::k8s::{EndpointSlice, Service, Snapshot};
+use crate::k8s::{EndpointSlice, Node, Service, Snapshot};
 use crate::metrics::Metrics;
 
 /// How often the directory is checked for changes.
@@ -166,10 +166,14 @@ fn add_object(v: serde_json::Value, snap: &mut Snapshot) -> std::result::Result<
             serde_json::from_value::<EndpointSlice>(v)
                 .map_err(|e| format!("EndpointSlice: {e}"))?,
         ),
+        // The node the agent runs on (its zone label), as the cluster source watches it.
+        "Node" => snap
+            .nodes
+            .push(serde_json::from_value::<Node>(v).map_err(|e| format!("Node: {e}"))?),
         "" => return Err("document has no kind".into()),
         other => debug!(
             kind = other,
-            "ignoring an object that is neither Service nor EndpointSlice"
+            "ignoring an object that is not a Service, EndpointSlice or Node"
         ),
     }
     Ok(())
@@ -208,10 +212,12 @@ pub async fn watch_dir(
             files = fp.len(),
             services = loaded.snapshot.services.len(),
             slices = loaded.snapshot.slices.len(),
+            nodes = loaded.snapshot.nodes.len(),
             errors = loaded.errors.len(),
             "manifests loaded"
         );
         last = Some(fp);
+        metrics.snapshots_published.inc();
         if tx.send(Some(loaded.snapshot)).is_err() {
             return Ok(()); // nobody listens any more: shutting down
         }
@@ -280,6 +286,20 @@ endpoints:
         assert_eq!(docs, [Some(2), Some(3)], "{:?}", l.errors);
         assert!(l.errors[0].reason.contains("Service"));
         assert!(l.errors[0].to_string().contains("c.yaml (document 2)"));
+    }
+
+    #[test]
+    fn a_node_manifest_gives_the_zone() {
+        let l = parse(
+            "node.yaml",
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\n  labels: {topology.kubernetes.io/zone: zone-1}\n",
+        );
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert_eq!(l.snapshot.zone(Some("node-a")), Some("zone-1"));
+        assert_eq!(l.snapshot.zone(None), Some("zone-1"));
+        let l = parse("bad.yaml", "kind: Node\nmetadata: {labels: 7}\n");
+        assert_eq!(l.errors.len(), 1);
+        assert!(l.errors[0].reason.starts_with("Node:"), "{:?}", l.errors);
     }
 
     #[test]

@@ -42,13 +42,21 @@ pub struct SyncReport {
     pub service_entries: usize,
     /// (backend, frontend) pairs that left in this sync: their sockets are ended.
     pub departed: std::collections::BTreeSet<lb_common::SockTermKey>,
+    pub rev_nat_entries: usize,
+    /// Entries still left out for lack of room that only the next sync's pass would make.
+    pub deferred: bool,
 }
+
+/// Passes one sync may take (see [`plan::Plan::deferred`]).
+const MAX_PASSES: usize = 4;
 
 pub struct Syncer<D> {
     datapath: D,
     capacity: Capacity,
     /// What the maps hold, as far as we know; None when it must be read back first.
     known: Option<MapState>,
+    /// The last sync still left entries out for room it would only have after another pass.
+    deferred: bool,
 }
 
 impl<D: Datapath> Syncer<D> {
@@ -59,6 +67,7 @@ impl<D: Datapath> Syncer<D> {
             datapath,
             capacity,
             known: None,
+            deferred: false,
         }
     }
 
@@ -66,26 +75,41 @@ impl<D: Datapath> Syncer<D> {
         &self.datapath
     }
 
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
+    }
+
     pub fn sync(&mut self, desired: &DesiredState) -> Result<SyncReport> {
+        let mut writes = 0;
+        let mut passes = 0;
+        loop {
+            passes += 1;
+            let mut report = self.sync_once(desired)?;
+            writes += report.writes;
+            report.writes = writes;
+            // A plan that left entries out only until its own deletions are done gets another
+            // pass at once (a full map adds before it removes); two passes always suffice when
+            // the desired state fits, the bound is a guard.
+            self.deferred = report.deferred;
+            if !report.deferred || report.failed_writes > 0 || passes >= MAX_PASSES {
+                if report.deferred {
+                    debug!(passes, "entries still deferred after the last pass");
+                }
+                return Ok(report);
+            }
+            debug!(
+                passes,
+                "the maps were full until this pass's deletions: planning again"
+            );
+        }
+    }
+
+    fn sync_once(&mut self, desired: &DesiredState) -> Result<SyncReport> {
         let current = match self.known.take() {
             Some(s) => s,
             None => self.datapath.read()?,
         };
-        let mut plan = plan::plan(&current, desired, &self.capacity);
-        // Ids (and Maglev tables) that removed frontends held are free only after this plan;
-        // when something did not fit, a second pass may place it now.
-        if !plan.overflows.is_empty() && !plan.ops.is_empty() {
-            let mut after = current.clone();
-            for op in &plan.ops {
-                after.apply(op);
-            }
-            let second = plan::plan(&after, desired, &self.capacity);
-            if second.overflows.len() < plan.overflows.len() {
-                plan.ops.extend(second.ops);
-                plan.overflows = second.overflows;
-                plan.target = second.target;
-            }
-        }
+        let plan = plan::plan(&current, desired, &self.capacity);
         let mut report = SyncReport {
             writes: plan.ops.len(),
             overflows: plan.overflows,
@@ -93,6 +117,8 @@ impl<D: Datapath> Syncer<D> {
             backends: plan.target.backends.len(),
             service_entries: plan.target.services.len(),
             departed: crate::sockdestroy::departed(&current, &plan.target),
+            rev_nat_entries: plan.target.rev_nat.len(),
+            deferred: plan.deferred,
             ..Default::default()
         };
         for op in &plan.ops {
@@ -113,7 +139,7 @@ impl<D: Datapath> Syncer<D> {
 
     /// Whether the last sync left the maps exactly as planned.
     pub fn in_sync(&self) -> bool {
-        self.known.is_some()
+        self.known.is_some() && !self.deferred
     }
 }
 
@@ -155,6 +181,7 @@ mod tests {
         translate(&Snapshot {
             services: vec![serde_json::from_value(svc).unwrap()],
             slices: vec![serde_json::from_value(slice).unwrap()],
+            ..Default::default()
         })
         .desired
     }

@@ -23,6 +23,14 @@
 //! Ids are stable: a backend keeps its id while any frontend uses it, and a frontend keeps its
 //! reverse-NAT id. New ids are never ones still present in the maps, so a slot that has not been
 //! rewritten yet can never point at a reused id.
+//!
+//! Because writes add before they remove, a map briefly holds its current entries plus the
+//! new ones. The plan counts that peak against each map's size: a new entry that fits the end
+//! state but not the peak is left for a second pass ([`Plan::deferred`]), which the syncer
+//! runs at once, after this pass's deletions made room. So a full map is never written into
+//! (the kernel would refuse the insert and a slot would name a missing backend). The price,
+//! only when the maps are full of live entries: a frontend whose every backend is replaced
+//! in one change rejects between the two passes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -73,6 +81,30 @@ pub struct Plan {
     pub target: MapState,
     pub ops: Vec<Op>,
     pub overflows: Vec<Overflow>,
+    /// Some new entries were left out only because the maps still hold entries this plan
+    /// removes (writes add before they remove, so a map briefly holds both): planning again
+    /// after these writes places them.
+    pub deferred: bool,
+}
+
+/// Whether a map has room for one more entry during a sync that fills it to `target` entries
+/// while it briefly holds `peak` (its current entries plus the new keys written so far).
+fn room(target: usize, peak: usize, cap: u32, new_key: bool) -> Room {
+    if target >= cap as usize {
+        Room::Full
+    } else if new_key && peak >= cap as usize {
+        Room::AfterThisSync
+    } else {
+        Room::Yes
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Room {
+    Yes,
+    /// Only once the stale entries this sync removes are gone.
+    AfterThisSync,
+    Full,
 }
 
 pub fn service_key(f: &Frontend, slot: u16) -> ServiceKey {
@@ -140,6 +172,9 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
         .filter(|(_, v)| v.maglev_table != 0)
         .map(|(k, v)| (*k, v.maglev_table - 1))
         .collect();
+    let tables_freed_by_this_sync = tables_in_use
+        .keys()
+        .any(|k| !desired.frontends.keys().any(|f| service_key(f, 0) == *k));
     let mut table_alloc = IdAllocator::new(
         tables_in_use.values().map(|t| u32::from(*t) + 1),
         cap.maglev_tables.min(u32::from(u16::MAX)),
@@ -150,6 +185,9 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
     // least exists (and rejects) rather than some frontends having all their backends and others
     // leaking to the VIP.
     let mut service_entries = 0u32;
+    // New keys written so far, for the peak size of each map during the sync.
+    let (mut new_service_keys, mut new_backends, mut new_rev_nat) = (0usize, 0usize, 0usize);
+    let mut deferred = false;
     let mut placed = Vec::new();
     // Frontends that share an address and port (TCP and UDP, the internal and external scope)
     // share one reverse-NAT entry.
@@ -160,15 +198,40 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
             port: frontend.port,
             _pad: 0,
         };
+        let new_key0 = !current.services.contains_key(&service_key(frontend, 0));
+        let service_room = room(
+            service_entries as usize,
+            current.services.len() + new_service_keys,
+            cap.services,
+            new_key0,
+        );
+        let rev_room = match assigned_rev.get(&rev).or_else(|| rev_nat_ids.get(&rev)) {
+            Some(_) => Room::Yes,
+            None => room(
+                target.rev_nat.len(),
+                current.rev_nat.len() + new_rev_nat,
+                cap.rev_nat,
+                true,
+            ),
+        };
+        if service_room == Room::AfterThisSync && rev_room != Room::Full
+            || rev_room == Room::AfterThisSync && service_room != Room::Full
+        {
+            deferred = true;
+            continue;
+        }
         let rev_id = match assigned_rev.get(&rev).or_else(|| rev_nat_ids.get(&rev)) {
             Some(id) => Some(*id),
-            None if (target.rev_nat.len() as u32) < cap.rev_nat => rev_nat_alloc.allocate(),
+            None if rev_room == Room::Yes => {
+                new_rev_nat += 1;
+                rev_nat_alloc.allocate()
+            }
             None => None,
         };
         if let Some(id) = rev_id {
             assigned_rev.insert(rev, id);
         }
-        if service_entries >= cap.services || rev_id.is_none() {
+        if service_room == Room::Full || rev_id.is_none() {
             overflows.push(Overflow {
                 frontend: *frontend,
                 service: entry.service.clone(),
@@ -184,6 +247,7 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
         let rev_id = rev_id.unwrap_or_default();
         target.rev_nat.insert(rev_id, rev);
         service_entries += 1;
+        new_service_keys += usize::from(new_key0);
         placed.push((frontend, entry, rev_id));
     }
 
@@ -203,7 +267,20 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
                 });
                 break;
             }
-            if service_entries >= cap.services {
+            let new_slot = !current
+                .services
+                .contains_key(&service_key(frontend, slots.len() as u16 + 1));
+            let slot_room = room(
+                service_entries as usize,
+                current.services.len() + new_service_keys,
+                cap.services,
+                new_slot,
+            );
+            if slot_room == Room::AfterThisSync {
+                deferred = true;
+                break;
+            }
+            if slot_room == Room::Full {
                 overflows.push(Overflow {
                     frontend: *frontend,
                     service: entry.service.clone(),
@@ -219,16 +296,29 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
             let value = backend_value(b);
             let id = match backend_ids.get(&backend_identity(&value)) {
                 Some(id) => Some(*id),
-                None => target
+                None => match target
                     .backends
                     .iter()
                     .find(|(_, v)| backend_identity(v) == backend_identity(&value))
-                    .map(|(id, _)| *id)
-                    .or_else(|| {
-                        ((target.backends.len() as u32) < cap.backends)
-                            .then(|| backend_alloc.allocate())
-                            .flatten()
-                    }),
+                {
+                    Some((id, _)) => Some(*id),
+                    None => match room(
+                        target.backends.len(),
+                        current.backends.len() + new_backends,
+                        cap.backends,
+                        true,
+                    ) {
+                        Room::Yes => {
+                            new_backends += 1;
+                            backend_alloc.allocate()
+                        }
+                        Room::AfterThisSync => {
+                            deferred = true;
+                            continue;
+                        }
+                        Room::Full => None,
+                    },
+                },
             };
             let Some(id) = id else {
                 overflows.push(Overflow {
@@ -242,6 +332,7 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
             target.backends.insert(id, value);
             slots.push(id);
             service_entries += 1;
+            new_service_keys += usize::from(new_slot);
         }
         let mut flags = entry.kind.flag() | entry.selection.flags();
         let key0 = service_key(frontend, 0);
@@ -262,6 +353,9 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
                         .insert(table, maglev::table(&members, cap.maglev_size));
                     maglev_table = table + 1;
                 }
+                // A table a removed frontend still holds is free after this sync's deletions:
+                // the frontend gets it on the second pass (meanwhile, a random slot).
+                None if tables_freed_by_this_sync => deferred = true,
                 None => overflows.push(Overflow {
                     frontend: *frontend,
                     service: entry.service.clone(),
@@ -314,6 +408,7 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
         target,
         ops,
         overflows,
+        deferred,
     }
 }
 
@@ -739,13 +834,102 @@ mod tests {
                 prop_assert!(consistent(&state).is_ok(), "{:?} after {op:?}", consistent(&state));
             }
             // Tables a removed frontend still held are free only once it is gone: a full
-            // table map converges on the second pass (the Syncer makes it at once).
+            // table map converges on the second pass (`deferred`: the Syncer makes it at once).
             let second = plan(&state, &to_ext(&b, rb), &cap);
             for op in &second.ops {
                 state.apply(op);
                 prop_assert!(consistent(&state).is_ok(), "{:?} after {op:?}", consistent(&state));
             }
             prop_assert!(plan(&state, &to_ext(&b, rb), &cap).ops.is_empty());
+        }
+    }
+
+    /// The in-memory maps with the kernel's rule that an insert into a full map fails, and a
+    /// consistency check after every single write.
+    struct Capped {
+        state: MapState,
+        cap: Capacity,
+        violations: Vec<String>,
+    }
+
+    impl crate::sync::Datapath for Capped {
+        fn apply(&mut self, op: &Op) -> anyhow::Result<()> {
+            let full = match op {
+                Op::PutBackend(id, _) => {
+                    !self.state.backends.contains_key(id)
+                        && self.state.backends.len() >= self.cap.backends as usize
+                }
+                Op::PutRevNat(id, _) => {
+                    !self.state.rev_nat.contains_key(id)
+                        && self.state.rev_nat.len() >= self.cap.rev_nat as usize
+                }
+                Op::PutService(k, _) => {
+                    !self.state.services.contains_key(k)
+                        && self.state.services.len() >= self.cap.services as usize
+                }
+                _ => false,
+            };
+            if full {
+                anyhow::bail!("E2BIG");
+            }
+            self.state.apply(op);
+            if let Err(e) = consistent(&self.state) {
+                self.violations.push(format!("{e} after {op:?}"));
+            }
+            Ok(())
+        }
+        fn read(&self) -> anyhow::Result<MapState> {
+            Ok(self.state.clone())
+        }
+    }
+
+    fn needs(d: &DesiredState) -> (u32, u32, u32) {
+        let services = d
+            .frontends
+            .values()
+            .map(|e| 1 + e.backends.len())
+            .sum::<usize>();
+        (
+            services as u32,
+            d.backend_count() as u32,
+            d.frontends.len() as u32,
+        )
+    }
+
+    proptest! {
+        /// With maps exactly as large as the larger of two states, going from one to the
+        /// other never writes into a full map (new entries wait for a second pass when the
+        /// maps still hold stale ones), every intermediate state is consistent, and the end
+        /// state is the whole desired state.
+        #[test]
+        fn transitions_at_exact_capacity_never_overfill(a in arb_desired(), b in arb_desired()) {
+            let (da, db) = (to_desired(&a), to_desired(&b));
+            let (na, nb) = (needs(&da), needs(&db));
+            let cap = Capacity {
+                services: na.0.max(nb.0).max(1),
+                backends: na.1.max(nb.1).max(1),
+                rev_nat: na.2.max(nb.2).max(1),
+                ..Capacity::default()
+            };
+            let mut s = crate::sync::Syncer::new(
+                Capped { state: MapState::default(), cap, violations: Vec::new() },
+                cap,
+            );
+            for d in [&da, &db] {
+                let r = s.sync(d).unwrap();
+                prop_assert_eq!(r.failed_writes, 0);
+                prop_assert!(r.overflows.is_empty(), "{:?}", r.overflows);
+                prop_assert!(!r.deferred);
+                let state = &s.datapath().state;
+                prop_assert!(s.datapath().violations.is_empty(), "{:?}", s.datapath().violations);
+                prop_assert!(plan(state, d, &cap).ops.is_empty(), "not converged");
+                for (f, e) in &d.frontends {
+                    let got: BTreeSet<_> = state.slots_of(&service_key(f, 0)).iter()
+                        .map(|id| state.backends[&id.unwrap()].addr).collect();
+                    let want: BTreeSet<_> = e.backends.iter().map(|b| addr_to_map(b.addr)).collect();
+                    prop_assert_eq!(got, want);
+                }
+            }
         }
     }
 }
