@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::datapath::{self, loader, pins::PinPaths, system};
+use crate::datapath::{self, loader, pins::PinPaths, snat_addrs, system};
 use crate::hc_node_port::HealthCheckPorts;
 use crate::health::{self, Readiness};
 use crate::k8s::model::HealthCheck;
@@ -39,6 +39,8 @@ pub struct RunConfig {
     pub node_addrs: NodeAddrs,
     /// Interfaces for the XDP datapath (traffic from outside the node).
     pub xdp_ifaces: Vec<String>,
+    /// `--snat-ip`: addresses the XDP path SNATs to for backends on other nodes.
+    pub snat_ips: Vec<std::net::IpAddr>,
     /// `--terminate-sockets`: protocols whose sockets on departed backends are ended.
     pub terminate_sockets: crate::sockdestroy::Protocols,
     pub socket_destroy_mechanism: crate::sockdestroy::MechanismChoice,
@@ -86,6 +88,7 @@ pub async fn run(mut cfg: RunConfig) -> Result<()> {
         &cfg.pins,
     );
     let mut xdp_stats = crate::datapath::xdp_stats::XdpStats::take(&mut ebpf)?;
+    let mut snat_addrs = crate::datapath::snat_addrs::SnatAddrs::take(&mut ebpf)?;
     let mut stats_tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut rec = Reconciler {
         syncer: Syncer::new(loaded.maps, capacity),
@@ -121,6 +124,7 @@ pub async fn run(mut cfg: RunConfig) -> Result<()> {
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     cfg.node.node_ips = cfg.node_addrs.current()?;
+    snat_addrs.write(snat_addrs::choose(&cfg.snat_ips, &cfg.node.node_ips))?;
     info!(node_ips = ?cfg.node.node_ips, zone = ?cfg.node.zone, node = ?cfg.node.node_name, "node");
     let mut node_addr_tick = tokio::time::interval(NODE_ADDR_INTERVAL);
     node_addr_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -156,6 +160,9 @@ pub async fn run(mut cfg: RunConfig) -> Result<()> {
                     Ok(ips) if ips != cfg.node.node_ips => {
                         info!(old = ?cfg.node.node_ips, new = ?ips, "node addresses changed; reprogramming NodePorts");
                         cfg.node.node_ips = ips;
+                        if let Err(e) = snat_addrs.write(snat_addrs::choose(&cfg.snat_ips, &cfg.node.node_ips)) {
+                            warn!(error = %format!("{e:#}"), "cannot update the SNAT addresses");
+                        }
                         let snapshot = rx.borrow().clone();
                         if let Some(snapshot) = snapshot {
                             rec.reconcile(&snapshot, &cfg.node, &metrics).await;

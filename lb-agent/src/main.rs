@@ -90,6 +90,11 @@ enum Command {
         /// LoadBalancer and external IPs for clients off the node; TC egress translates replies.
         #[arg(long = "xdp-iface", env = "LB_XDP_IFACES", value_delimiter = ',')]
         xdp_ifaces: Vec<String>,
+        /// The address (one per family) the XDP path SNATs traffic from outside to, when it
+        /// goes to a backend on another node (default: the node's first address of the
+        /// family). Replies come back to it, and --xdp-iface must cover where they arrive.
+        #[arg(long = "snat-ip", env = "LB_SNAT_IPS", value_delimiter = ',')]
+        snat_ips: Vec<std::net::IpAddr>,
         /// Entries of one Maglev table (a prime; changing it needs `lb-agent cleanup`).
         #[arg(long, default_value_t = lb_common::capacity::MAGLEV_TABLE_SIZE, value_parser = parse_prime)]
         maglev_table_size: u32,
@@ -218,6 +223,7 @@ fn main() -> Result<()> {
             node_ips,
             external_ip_cidrs,
             xdp_ifaces,
+            snat_ips,
             maglev_table_size,
             maglev_tables,
             health_addr,
@@ -254,6 +260,7 @@ fn main() -> Result<()> {
                 },
                 node_addrs: NodeAddrs::from_flags(node_ips),
                 xdp_ifaces,
+                snat_ips,
                 terminate_sockets,
                 socket_destroy_mechanism,
                 socket_lb_scope,

@@ -169,7 +169,7 @@ impl Metrics {
         let xdp_packets = Family::<ResultLabel, Counter>::default();
         r.register(
             "xdp_packets",
-            "Packets seen by the XDP forward path and the TC reply path, by result: passed (no frontend), forwarded, dropped_source_range, dropped_no_backend, replies, fragments",
+            "Packets seen by the XDP forward path and the TC reply path, by result: passed (no frontend), forwarded, dropped_source_range, dropped_no_backend, replies, fragments, snated, snat_replies, dropped_snat",
             xdp_packets.clone(),
         );
         let snapshots_published = Counter::default();

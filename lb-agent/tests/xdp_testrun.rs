@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use aya::maps::{PerCpuArray, PerCpuValues};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
-use lb_agent::datapath::{EBPF_OBJECT, kfunc, maps::BpfMaps};
+use lb_agent::datapath::{EBPF_OBJECT, kfunc, maps::BpfMaps, snat_addrs::SnatAddrs};
 use lb_agent::k8s::{
     Snapshot,
     translate::{NodeContext, translate_for},
@@ -31,6 +31,7 @@ const CLIENT: &str = "203.0.113.50";
 struct Rig {
     ebpf: Ebpf,
     syncer: Syncer<BpfMaps>,
+    snat: SnatAddrs,
 }
 
 fn capacity() -> Capacity {
@@ -54,7 +55,10 @@ fn snapshot(pods: &[u8]) -> Snapshot {
     });
     let eps: Vec<_> = pods
         .iter()
-        .map(|p| json!({"addresses": [format!("10.244.{p}.2")]}))
+        .map(|p| {
+            json!({"addresses": [format!("10.244.{p}.2")],
+                   "nodeName": if *p < 3 { "node-a" } else { "node-b" }})
+        })
         .collect();
     let ports = json!([{"name": "http", "protocol": "TCP", "port": 8080},
                        {"name": "dns", "protocol": "UDP", "port": 5353}]);
@@ -74,9 +78,12 @@ fn snapshot(pods: &[u8]) -> Snapshot {
     }
 }
 
-fn sync(syncer: &mut Syncer<BpfMaps>, pods: &[u8]) -> Result<()> {
+/// The agent's node: unnamed (every endpoint counts as local) or node-a (pods 1 and 2 are
+/// local, the others on node-b).
+fn sync_as(syncer: &mut Syncer<BpfMaps>, pods: &[u8], node_name: Option<&str>) -> Result<()> {
     let node = NodeContext {
         node_ips: vec![NODE.parse()?, "fd00::5".parse()?],
+        node_name: node_name.map(String::from),
         ..Default::default()
     };
     let t = translate_for(&snapshot(pods), &node);
@@ -85,6 +92,10 @@ fn sync(syncer: &mut Syncer<BpfMaps>, pods: &[u8]) -> Result<()> {
     assert_eq!(r.failed_writes, 0);
     assert!(r.overflows.is_empty(), "{:?}", r.overflows);
     Ok(())
+}
+
+fn sync(syncer: &mut Syncer<BpfMaps>, pods: &[u8]) -> Result<()> {
+    sync_as(syncer, pods, None)
 }
 
 impl Rig {
@@ -107,9 +118,10 @@ impl Rig {
             .context("tc program")?
             .try_into()?;
         tc.load().context("verifier: tc")?;
+        let snat = SnatAddrs::take(&mut ebpf)?;
         let mut syncer = Syncer::new(maps, cap);
         sync(&mut syncer, &[1, 2, 3])?;
-        Ok(Self { ebpf, syncer })
+        Ok(Self { ebpf, syncer, snat })
     }
 
     fn xdp(&self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
@@ -410,5 +422,80 @@ fn tc_gives_replies_the_frontend_address_back() -> Result<()> {
     let (_, out) = rig.tc(&other)?;
     assert_eq!(out, other);
     assert!(rig.stat(xdp_stat::REPLIES)? >= 4);
+    Ok(())
+}
+
+#[test]
+fn flows_to_backends_on_other_nodes_are_snated_and_their_replies_undone() -> Result<()> {
+    if !privileged_or_skip("xdp test run") {
+        return Ok(());
+    }
+    let mut rig = Rig::new()?;
+    // This is node-a: pod 3 is on node-b. With no SNAT address, its flows are dropped.
+    sync_as(&mut rig.syncer, &[1, 2, 3], Some("node-a"))?;
+    let remote = ip("10.244.3.2");
+    let state = rig.state()?;
+    let to_remote: Vec<Frame> = (0..300)
+        .map(|i| Frame::new(CLIENT, 30000 + i, NODE, 30080, TCP))
+        .filter(|f| maglev_pick(&state, f, 30080) == remote)
+        .take(20)
+        .collect();
+    assert!(to_remote.len() >= 10);
+    let (verdict, _) = rig.xdp(&build(&to_remote[0]))?;
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(rig.stat(xdp_stat::DROPPED_SNAT)?, 1);
+
+    let node_ip = ip(NODE);
+    rig.snat.write([Some(node_ip), Some(ip("fd00::5"))])?;
+    let mut ports = std::collections::BTreeSet::new();
+    for (p, f) in [
+        (TCP, to_remote[1].clone()),
+        (UDP, {
+            let mut u = to_remote[2].clone();
+            u.proto = UDP;
+            u.dport = 30053;
+            u
+        }),
+    ] {
+        let (verdict, out) = rig.xdp(&build(&f))?;
+        assert_eq!(verdict, XDP_PASS);
+        let seen = read(&out);
+        if seen.dst != remote {
+            // The UDP frontend has its own table: this tuple may pick a local pod there.
+            assert_eq!(p, UDP);
+            assert_eq!(seen.src, f.src, "local backends see the client");
+            continue;
+        }
+        assert!(seen.ip_ok && seen.l4_ok, "{seen:?}");
+        assert_eq!(seen.src, node_ip, "SNATed to this node");
+        assert!((61_000..65_535).contains(&seen.sport), "{seen:?}");
+        // The same flow keeps its port.
+        let (_, again) = rig.xdp(&build(&f))?;
+        assert_eq!(read(&again).sport, seen.sport);
+        ports.insert(seen.sport);
+        // The backend's reply to the SNAT address goes back to the client, from the frontend.
+        let reply = Frame::new(&remote.to_string(), seen.dport, NODE, seen.sport, p);
+        let (verdict, out) = rig.xdp(&build(&reply))?;
+        assert_eq!(verdict, XDP_PASS);
+        let back = read(&out);
+        assert_eq!((back.src, back.sport), (f.dst, f.dport), "{back:?}");
+        assert_eq!((back.dst, back.dport), (f.src, f.sport));
+        assert!(back.ip_ok && back.l4_ok, "{back:?}");
+    }
+    // Different flows get different ports.
+    for f in &to_remote[3..] {
+        let (_, out) = rig.xdp(&build(f))?;
+        ports.insert(read(&out).sport);
+    }
+    assert!(ports.len() >= to_remote.len() - 2, "{ports:?}");
+    assert!(rig.stat(xdp_stat::SNATED)? >= 3);
+    assert!(rig.stat(xdp_stat::SNAT_REPLIES)? >= 1);
+    // Local backends are never SNATed.
+    let local = (0..300)
+        .map(|i| Frame::new(CLIENT, 40000 + i, NODE, 30080, TCP))
+        .find(|f| maglev_pick(&state, f, 30080) != remote)
+        .expect("a flow to a local pod");
+    let (_, out) = rig.xdp(&build(&local))?;
+    assert_eq!(read(&out).src, local.src);
     Ok(())
 }

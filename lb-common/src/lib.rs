@@ -35,10 +35,14 @@ pub mod map_names {
     pub const SRC_RANGES: &str = "LB_SRC_RANGES";
     /// Per-CPU packet counters of the XDP and TC programs, indexed by [`crate::xdp_stat`].
     pub const XDP_STATS: &str = "LB_XDP_STATS";
+    /// SNATed flows of the XDP datapath by their reply tuple (LRU).
+    pub const SNAT: &str = "LB_SNAT";
+    /// The addresses SNAT uses: entry 0 IPv4 (mapped), entry 1 IPv6; zero: none.
+    pub const SNAT_ADDRS: &str = "LB_SNAT_ADDRS";
 
     /// Connections forwarded and rejected per frontend (per-CPU, keyed by reverse-NAT id).
     pub const CONN_STATS: &str = "LB_CONN_STATS";
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         SERVICES,
         BACKENDS,
         REV_NAT,
@@ -49,6 +53,8 @@ pub mod map_names {
         SRC_RANGES,
         XDP_STATS,
         CONN_STATS,
+        SNAT,
+        SNAT_ADDRS,
     ];
 }
 
@@ -100,6 +106,8 @@ pub mod capacity {
     pub const MAGLEV_TABLES: u32 = 64;
     /// Flows tracked by the XDP datapath (two entries each).
     pub const CT: u32 = 262_144;
+    /// SNATed flows (to backends on other nodes).
+    pub const SNAT: u32 = 131_072;
     /// `loadBalancerSourceRanges` prefixes over all Services.
     pub const SRC_RANGES: u32 = 16_384;
 }
@@ -118,7 +126,13 @@ pub mod xdp_stat {
     pub const REPLIES: u32 = 4;
     /// Fragments passed untouched (their ports are not in every fragment).
     pub const FRAGMENTS: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Packets to a remote backend SNATed to this node.
+    pub const SNATED: u32 = 6;
+    /// Replies of SNATed flows translated back.
+    pub const SNAT_REPLIES: u32 = 7;
+    /// Dropped: no SNAT address, or no free SNAT port for that backend.
+    pub const DROPPED_SNAT: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// L4 protocol numbers as in the IP header.
@@ -240,6 +254,16 @@ pub struct Backend {
     pub proto: u8,
     /// [`backend_state`] value.
     pub state: u8,
+    /// [`backend_flags`] bits.
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// Bits of [`Backend::flags`].
+pub mod backend_flags {
+    /// The endpoint is on another node: traffic from outside sent to it is SNATed to this
+    /// node's address, so the replies come back through this node to be translated.
+    pub const REMOTE: u8 = 1 << 0;
 }
 
 /// Key of the reverse-NAT table.
@@ -335,6 +359,27 @@ pub struct CtValue {
     pub _pad: u8,
     /// FORWARD: the backend's id (checked against `LB_BACKENDS` on every packet).
     pub backend_id: u32,
+    /// FORWARD to a remote backend: the source port the flow is SNATed to (0: no SNAT).
+    pub snat_port: u16,
+    pub _pad2: u16,
+}
+
+/// Value of `LB_SNAT`, keyed by a [`CtKey`] of the reply direction (backend -> SNAT address and
+/// port): who the flow really is, to undo the SNAT and the DNAT on the reply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SnatValue {
+    pub client: [u8; 16],
+    pub frontend: [u8; 16],
+    pub client_port: u16,
+    pub frontend_port: u16,
+}
+
+/// Source ports SNAT takes: above Linux's default `ip_local_port_range` (32768-60999), so they
+/// do not meet the node's own connections.
+pub mod snat_ports {
+    pub const FIRST: u16 = 61_000;
+    pub const COUNT: u16 = 4_535;
 }
 
 /// Data of an `LB_SRC_RANGES` key: the frontend (by reverse-NAT id) and a source prefix. The
@@ -381,7 +426,7 @@ const _: () = {
     assert!(size_of::<ServiceKey>() == 24 && align_of::<ServiceKey>() == 2);
     assert!(size_of::<ServiceValue>() == 20 && align_of::<ServiceValue>() == 4);
     assert!(size_of::<BackendKey>() == 4 && align_of::<BackendKey>() == 4);
-    assert!(size_of::<Backend>() == 20 && align_of::<Backend>() == 2);
+    assert!(size_of::<Backend>() == 22 && align_of::<Backend>() == 2);
     assert!(size_of::<RevNatKey>() == 4 && align_of::<RevNatKey>() == 4);
     assert!(size_of::<RevNat>() == 20 && align_of::<RevNat>() == 2);
     assert!(size_of::<SockRevNatKey>() == 32 && align_of::<SockRevNatKey>() == 8);
@@ -389,7 +434,8 @@ const _: () = {
     assert!(size_of::<AffinityKey>() == 16 && align_of::<AffinityKey>() == 8);
     assert!(size_of::<AffinityValue>() == 16 && align_of::<AffinityValue>() == 8);
     assert!(size_of::<CtKey>() == 40 && align_of::<CtKey>() == 2);
-    assert!(size_of::<CtValue>() == 24 && align_of::<CtValue>() == 4);
+    assert!(size_of::<CtValue>() == 28 && align_of::<CtValue>() == 4);
+    assert!(size_of::<SnatValue>() == 36 && align_of::<SnatValue>() == 2);
     assert!(size_of::<SrcRangeKey>() == 20 && align_of::<SrcRangeKey>() == 1);
     assert!(size_of::<ConnStats>() == 16 && align_of::<ConnStats>() == 8);
 };
@@ -456,6 +502,7 @@ mod user {
         RevNat,
         CtKey,
         CtValue,
+        SnatValue,
         SrcRangeKey,
         ConnStats
     );

@@ -215,6 +215,7 @@ mod tests {
                     port: 8080,
                     proto: proto::TCP,
                     state: backend_state::ACTIVE,
+                    ..Default::default()
                 },
             );
         }

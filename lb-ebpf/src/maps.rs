@@ -8,7 +8,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, ConnStats, CtKey, CtValue, RevNat, RevNatKey,
-    ServiceKey, ServiceValue, SockRevNat, SockRevNatKey, SrcRangeKey, capacity, select::Tables,
+    ServiceKey, ServiceValue, SnatValue, SockRevNat, SockRevNatKey, SrcRangeKey, capacity,
+    select::Tables,
     xdp_stat,
 };
 
@@ -53,6 +54,14 @@ pub static LB_CT: LruHashMap<CtKey, CtValue, { capacity::CT as usize }> = LruHas
 #[btf_map]
 pub static LB_SRC_RANGES: LpmTrie<SrcRangeKey, u8, { capacity::SRC_RANGES as usize }> =
     LpmTrie::new();
+
+/// SNATed flows by their reply tuple (backend -> SNAT address and port), LRU.
+#[btf_map]
+pub static LB_SNAT: LruHashMap<CtKey, SnatValue, { capacity::SNAT as usize }> = LruHashMap::new();
+
+/// The addresses SNAT uses: 0 IPv4 (mapped), 1 IPv6; all zero when the node has none.
+#[btf_map]
+pub static LB_SNAT_ADDRS: Array<[u8; 16], 2> = Array::new();
 
 /// Packet counters of the XDP and TC programs, by `lb_common::xdp_stat` index.
 #[btf_map]

@@ -72,8 +72,8 @@ pub fn parse<B: Bytes>(b: &B) -> Parsed {
         return Parsed::Other;
     };
     let v6 = ethertype == ETH_P_IPV6;
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
+    let saddr;
+    let daddr;
     let l4;
     let l4proto;
     if ethertype == ETH_P_IP {

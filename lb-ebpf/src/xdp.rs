@@ -4,21 +4,28 @@
 //! backend (the flow's tracked one, else Maglev over the flow hash), rewrites destination
 //! address and port with incremental checksum updates, records the flow both ways in `LB_CT`,
 //! and passes the packet on to the kernel, which routes it to the pod. The client's address is
-//! kept, so the pod sees who connected.
+//! kept, so the pod sees who connected, except for a backend on another node: that flow is
+//! SNATed to this node's address and a port of its own (found collision-free in `LB_SNAT`),
+//! so the backend's replies come back here, where the same program undoes both translations
+//! and passes the reply on to the client (`--xdp-iface` must include the interface they
+//! arrive on).
 //!
 //! Checksums are updated as a wire packet carries them (complete); UDP over IPv4 without a
 //! checksum keeps none. Fragments and anything not TCP/UDP over IP pass untouched.
 
 use aya_ebpf::{
-    bindings::{xdp_action, xdp_md},
+    bindings::{BPF_NOEXIST, xdp_action, xdp_md},
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, BackendKey, CtKey, CtValue, ServiceKey, SrcRangeKey, csum, ct_dir, flow, proto, scope,
-    select::pick_slot, service_flags, v4_unmapped, xdp_stat,
+    Backend, BackendKey, CtKey, CtValue, ServiceKey, SnatValue, SrcRangeKey, backend_flags, csum,
+    ct_dir, flow, proto, scope, select::pick_slot, service_flags, snat_ports, v4_unmapped,
+    xdp_stat,
 };
 
-use crate::maps::{LB_BACKENDS, LB_CT, LB_MAGLEV, LB_SERVICES, LB_SRC_RANGES, count};
+use crate::maps::{
+    LB_BACKENDS, LB_CT, LB_MAGLEV, LB_SERVICES, LB_SNAT, LB_SNAT_ADDRS, LB_SRC_RANGES, count,
+};
 use crate::packet::{Bytes, Headers, Parsed, parse};
 
 /// Direct packet access, bounds-checked for the verifier.
@@ -103,6 +110,18 @@ pub fn forward(ctx: &XdpContext) -> u32 {
         }
         _ => return xdp_action::XDP_PASS,
     }
+    // A reply of a flow SNATed to a backend on another node: back to the client, from the
+    // frontend the client used.
+    let mut flow = SnatValue::default();
+    if snat_reply(&h, &mut flow) {
+        if set(ctx.ctx, &h, DST, &flow.client, flow.client_port).is_none()
+            || set(ctx.ctx, &h, SRC, &flow.frontend, flow.frontend_port).is_none()
+        {
+            return xdp_action::XDP_DROP;
+        }
+        count(xdp_stat::SNAT_REPLIES);
+        return xdp_action::XDP_PASS;
+    }
     let frontend = ServiceKey::new(h.daddr, h.dport, h.proto, scope::EXTERNAL, 0);
     // SAFETY: the value is copied out at once.
     let Some(svc) = (unsafe { LB_SERVICES.get(&frontend) }).copied() else {
@@ -117,10 +136,23 @@ pub fn forward(ctx: &XdpContext) -> u32 {
         count(xdp_stat::DROPPED_NO_BACKEND);
         return xdp_action::XDP_DROP;
     };
-    if rewrite(ctx.ctx, &h, &backend).is_none() {
+    let mut snat_port = 0;
+    if backend.flags & backend_flags::REMOTE != 0 {
+        let mut addr = [0u8; 16];
+        snat_port = snat(&h, &backend, &mut addr);
+        if snat_port == 0 {
+            count(xdp_stat::DROPPED_SNAT);
+            return xdp_action::XDP_DROP;
+        }
+        if set(ctx.ctx, &h, SRC, &addr, snat_port).is_none() {
+            return xdp_action::XDP_DROP;
+        }
+        count(xdp_stat::SNATED);
+    }
+    if set(ctx.ctx, &h, DST, &backend.addr, backend.port).is_none() {
         return xdp_action::XDP_DROP;
     }
-    track(&h, backend_id, &backend);
+    track(&h, backend_id, &backend, snat_port);
     count(xdp_stat::FORWARDED);
     xdp_action::XDP_PASS
 }
@@ -133,6 +165,74 @@ fn source_allowed(rev_nat_id: u16, saddr: &[u8; 16]) -> bool {
         SrcRangeKey::new(rev_nat_id, *saddr),
     );
     LB_SRC_RANGES.get(&key).is_some()
+}
+
+/// The SNAT source port of this flow to backend `b` (its own entry in `LB_SNAT`, found or
+/// made: a few candidates from the flow hash, each taken only if no other flow holds it), with
+/// the SNAT address written to `addr`; 0 when there is none.
+#[inline(never)]
+fn snat(h: &Headers, b: &Backend, addr: &mut [u8; 16]) -> u16 {
+    let Some(a) = LB_SNAT_ADDRS.get(if h.v6 { 1 } else { 0 }) else {
+        return 0;
+    };
+    if *a == [0u8; 16] {
+        return 0;
+    }
+    *addr = *a;
+    let ours = SnatValue {
+        client: h.saddr,
+        frontend: h.daddr,
+        client_port: h.sport,
+        frontend_port: h.dport,
+    };
+    let hash = flow::hash(&h.saddr, &h.daddr, h.sport, h.dport, h.proto);
+    let mut i = 0u32;
+    while i < 4 {
+        let port = snat_ports::FIRST
+            + (hash.wrapping_add(i.wrapping_mul(0x9e37_79b9)) % snat_ports::COUNT as u32) as u16;
+        let key = CtKey {
+            saddr: b.addr,
+            daddr: *a,
+            sport: b.port,
+            dport: port,
+            proto: h.proto,
+            _pad: [0; 3],
+        };
+        // SAFETY: copied out at once.
+        match unsafe { LB_SNAT.get(&key) }.copied() {
+            Some(v) if v == ours => return port,
+            Some(_) => {}
+            None => {
+                if LB_SNAT.insert(&key, &ours, BPF_NOEXIST as u64).is_ok() {
+                    return port;
+                }
+            }
+        }
+        i += 1;
+    }
+    0
+}
+
+/// Whether the packet is a reply to a SNATed flow (backend -> SNAT address and port), with
+/// the flow it belongs to written to `out`.
+#[inline(never)]
+fn snat_reply(h: &Headers, out: &mut SnatValue) -> bool {
+    let key = CtKey {
+        saddr: h.saddr,
+        daddr: h.daddr,
+        sport: h.sport,
+        dport: h.dport,
+        proto: h.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: copied out at once.
+    match unsafe { LB_SNAT.get(&key) }.copied() {
+        Some(v) => {
+            *out = v;
+            true
+        }
+        None => false,
+    }
 }
 
 #[inline(always)]
@@ -191,15 +291,21 @@ fn choose(
 /// client: which frontend to show), for the TC program on the way back.
 // Its own BPF function: the stack of one frame is limited to 512 bytes.
 #[inline(never)]
-fn track(h: &Headers, backend_id: u32, b: &Backend) {
+fn track(h: &Headers, backend_id: u32, b: &Backend, snat_port: u16) {
     let fwd = CtValue {
         addr: b.addr,
         port: b.port,
         dir: ct_dir::FORWARD,
         _pad: 0,
         backend_id,
+        snat_port,
+        _pad2: 0,
     };
     let _ = LB_CT.insert(forward_key(h), fwd, 0);
+    if snat_port != 0 {
+        // Its replies come to the SNAT address: `LB_SNAT` has them.
+        return;
+    }
     let reply_key = CtKey {
         saddr: b.addr,
         daddr: h.saddr,
@@ -214,44 +320,46 @@ fn track(h: &Headers, backend_id: u32, b: &Backend) {
         dir: ct_dir::REPLY,
         _pad: 0,
         backend_id,
+        snat_port: 0,
+        _pad2: 0,
     };
     let _ = LB_CT.insert(reply_key, reply, 0);
 }
 
-/// Destination address and port to the backend's, with the IPv4 header checksum and the L4
-/// checksum (pseudo-header address and port) updated incrementally.
+const SRC: bool = true;
+const DST: bool = false;
+
+/// The source (`SRC`) or destination (`DST`) address and port to `addr`:`port`, with the IPv4
+/// header checksum and the L4 checksum (pseudo-header address and port) updated
+/// incrementally. The old values are the parsed ones in `h` (each side is set at most once).
 // Its own BPF function: the stack of one frame is limited to 512 bytes.
 #[inline(never)]
-fn rewrite(md: *mut xdp_md, h: &Headers, b: &Backend) -> Option<()> {
+fn set(md: *mut xdp_md, h: &Headers, src: bool, addr: &[u8; 16], port: u16) -> Option<()> {
     let ctx = XdpContext::new(md);
     let pkt = &Xdp(&ctx);
-    let old_port = h.dport.to_be();
-    let new_port = b.port.to_be();
+    let (old_addr, old_port) = if src { (&h.saddr, h.sport) } else { (&h.daddr, h.dport) };
+    let port_at = if src { h.l4 } else { h.l4 + 2 };
     let l4_check = pkt.word(h.l4_check)?;
     let udp_no_check = h.proto == proto::UDP && !h.v6 && l4_check == 0;
     let new_l4 = if h.v6 {
-        let (o, n) = (csum::words16(&h.daddr), csum::words16(&b.addr));
+        let (o, n) = (csum::words16(old_addr), csum::words16(addr));
         let c = csum::replace(l4_check, &o, &n);
-        pkt.write::<16>(h.l3 + 24, b.addr)?;
+        pkt.write::<16>(h.l3 + if src { 8 } else { 24 }, *addr)?;
         c
     } else {
-        let old = v4_unmapped(&h.daddr)?;
-        let new = v4_unmapped(&b.addr)?;
+        let old = v4_unmapped(old_addr)?;
+        let new = v4_unmapped(addr)?;
         let (o, n) = (csum::words4(&old), csum::words4(&new));
         let ip_check = pkt.word(h.l3 + 10)?;
         pkt.write::<2>(h.l3 + 10, csum::replace(ip_check, &o, &n).to_ne_bytes())?;
-        pkt.write::<4>(h.l3 + 16, new)?;
+        pkt.write::<4>(h.l3 + if src { 12 } else { 16 }, new)?;
         csum::replace(l4_check, &o, &n)
     };
-    let new_l4 = csum::replace16(new_l4, old_port, new_port);
-    pkt.write::<2>(h.l4 + 2, new_port.to_ne_bytes())?;
+    let new_l4 = csum::replace16(new_l4, old_port.to_be(), port.to_be());
+    pkt.write::<2>(port_at, port.to_be().to_ne_bytes())?;
     if !udp_no_check {
         // A UDP checksum that computes to 0 is sent as all ones (RFC 768).
-        let v = if h.proto == proto::UDP && new_l4 == 0 {
-            0xffff
-        } else {
-            new_l4
-        };
+        let v = if h.proto == proto::UDP && new_l4 == 0 { 0xffff } else { new_l4 };
         pkt.write::<2>(h.l4_check, v.to_ne_bytes())?;
     }
     Some(())

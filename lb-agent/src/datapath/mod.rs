@@ -8,6 +8,7 @@ pub mod loader;
 pub mod maps;
 pub mod pins;
 pub mod scope;
+pub mod snat_addrs;
 pub mod system;
 pub mod xdp_stats;
 

@@ -15,6 +15,9 @@ const NAMES: [(u32, &str); xdp_stat::COUNT as usize] = [
     (xdp_stat::DROPPED_NO_BACKEND, "dropped_no_backend"),
     (xdp_stat::REPLIES, "replies"),
     (xdp_stat::FRAGMENTS, "fragments"),
+    (xdp_stat::SNATED, "snated"),
+    (xdp_stat::SNAT_REPLIES, "snat_replies"),
+    (xdp_stat::DROPPED_SNAT, "dropped_snat"),
 ];
 
 pub struct XdpStats {

@@ -125,6 +125,7 @@ mod tests {
     fn ep(last: u8) -> Endpoint {
         Endpoint {
             backend: BackendAddr {
+                remote: false,
                 addr: IpAddr::from([10, 244, last, 2]),
                 port: 8080,
                 proto: Protocol::Tcp,

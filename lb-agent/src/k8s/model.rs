@@ -146,6 +146,9 @@ pub struct BackendAddr {
     pub addr: IpAddr,
     pub port: u16,
     pub proto: Protocol,
+    /// On another node (its `nodeName` is known and not this node's): traffic from outside
+    /// sent to it is SNATed so that its replies come back through this node.
+    pub remote: bool,
 }
 
 impl fmt::Display for BackendAddr {

@@ -592,10 +592,14 @@ fn gather_endpoints(
                 .as_deref()
                 .is_some_and(|n| ep.node_name.as_deref() == Some(n));
             let (zone_hints, node_hints) = hints(ep, distribution);
+            let remote = t.node.node_name.is_some()
+                && ep.node_name.is_some()
+                && ep.node_name != t.node.node_name;
             for a in &ep.addresses {
                 match a.parse::<IpAddr>() {
                     Ok(addr) if addr.is_ipv4() == family_v4 => out.push(Endpoint {
                         backend: BackendAddr {
+                            remote,
                             addr,
                             port: number,
                             proto,

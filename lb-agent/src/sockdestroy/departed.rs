@@ -81,6 +81,7 @@ mod tests {
                             backends: bs
                                 .iter()
                                 .map(|b| BackendAddr {
+                                    remote: false,
                                     addr: IpAddr::from([10, 244, *b, 2]),
                                     port: 8080,
                                     proto: Protocol::Udp,

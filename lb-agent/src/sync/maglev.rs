@@ -80,7 +80,7 @@ mod tests {
                 addr: v4_mapped([10, 244, (i >> 8) as u8, i as u8]),
                 port: 8080,
                 proto: proto::TCP,
-                state: 0,
+                ..Default::default()
             },
         )
     }

@@ -117,6 +117,12 @@ fn backend_value(b: &BackendAddr) -> Backend {
         port: b.port,
         proto: b.proto.number(),
         state: backend_state::ACTIVE,
+        flags: if b.remote {
+            lb_common::backend_flags::REMOTE
+        } else {
+            0
+        },
+        _pad: 0,
     }
 }
 
@@ -514,6 +520,7 @@ mod tests {
 
     fn be(last: u8) -> BackendAddr {
         BackendAddr {
+            remote: false,
             addr: IpAddr::from([10, 244, 0, last]),
             port: 8080,
             proto: Protocol::Tcp,
