@@ -261,3 +261,70 @@ fn source_ranges_drop_other_clients_and_flows_keep_their_backend() -> Result<()>
     );
     Ok(())
 }
+
+#[test]
+fn backends_on_another_node_get_snated_traffic_and_answer_through_this_node() -> Result<()> {
+    if !privileged_or_skip("xdp datapath") {
+        return Ok(());
+    }
+    let mut sb = Sandbox::new(Path::new(AGENT), 1)?;
+    sb.add_outside()?;
+    sb.add_remote_node()?;
+    sb.write_manifest("web-svc.json", &service(json!({})))?;
+    let eps = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-1", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "protocol": "TCP", "port": POD_PORT},
+                  {"name": "udp", "protocol": "UDP", "port": POD_PORT}],
+        "endpoints": [
+            {"addresses": [sb.pods[0].ip.to_string()], "nodeName": "node-a"},
+            {"addresses": [sb.remote_pods[0].ip.to_string()], "nodeName": "node-b"}]});
+    sb.write_manifest("web-eps.json", &eps.to_string())?;
+    sb.start_agent_in_node(&[
+        "--xdp-iface",
+        outside::NODE_IFACE,
+        "--xdp-iface",
+        lb_testkit::remote::LINK_IFACE,
+        "--node-ip",
+        outside::NODE_IP,
+        "--node-name",
+        "node-a",
+    ])?;
+    assert!(
+        sb.agent_log().contains("SNAT addresses"),
+        "{}",
+        sb.agent_log()
+    );
+
+    for proto in ["tcp", "udp"] {
+        let s = sb.probe_outside(addr(outside::NODE_IP, NODE_PORT), 60, proto, 2000)?;
+        assert_eq!(s.ok, 60, "{proto}: {s:?}\n{}", sb.agent_log());
+        let pods: Vec<&str> = s.replies.keys().map(String::as_str).collect();
+        assert_eq!(pods, ["pod-1", "pod-remote"], "{proto}");
+    }
+    // The remote pod saw this node's address (SNAT), the local one the client's own.
+    let remote_peers = sb.remote_pods[0].server.peers();
+    assert_eq!(
+        remote_peers.into_iter().collect::<Vec<_>>(),
+        [outside::NODE_IP.parse::<std::net::IpAddr>()?]
+    );
+    assert!(
+        sb.pods[0]
+            .server
+            .peers()
+            .contains(&outside::CLIENT_IP.parse()?)
+    );
+    wait_metric(&sb, r#"lb_xdp_packets_total{result="snated"}"#, 30.0)?;
+    wait_metric(&sb, r#"lb_xdp_packets_total{result="snat_replies"}"#, 30.0)?;
+
+    // externalTrafficPolicy: Local: the remote pod is not used from outside.
+    sb.write_manifest(
+        "web-svc.json",
+        &service(json!({"externalTrafficPolicy": "Local"})),
+    )?;
+    wait_external_backends(&sb, 1)?;
+    let s = sb.probe_outside(addr(outside::NODE_IP, NODE_PORT), 30, "tcp", 2000)?;
+    assert_eq!(s.replies.keys().collect::<Vec<_>>(), ["pod-1"], "{s:?}");
+    Ok(())
+}

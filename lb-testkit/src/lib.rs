@@ -90,9 +90,18 @@ pub struct Sandbox {
     /// An "outside" client namespace behind the node's `ext0`, once [`Sandbox::add_outside`]
     /// made it.
     pub outside_netns: Option<String>,
-    /// Namespaces made by [`Sandbox::add_pod_client`], removed on drop.
+    /// Namespaces made by [`Sandbox::add_pod_client`] and [`Sandbox::add_remote_node`],
+    /// removed on drop.
     extra_netns: Vec<String>,
+    /// Pods on the "other node" [`Sandbox::add_remote_node`] made.
+    pub remote_pods: Vec<Pod>,
     _serial: MutexGuard<'static, ()>,
+}
+
+/// The link [`Sandbox::add_remote_node`] makes.
+pub mod remote {
+    /// This node's interface towards node 2 (where replies of SNATed flows arrive).
+    pub const LINK_IFACE: &str = "node2";
 }
 
 /// Addresses of the outside network [`Sandbox::add_outside`] makes.
@@ -185,6 +194,7 @@ impl Sandbox {
             agent_netns: None,
             outside_netns: None,
             extra_netns: Vec::new(),
+            remote_pods: Vec::new(),
             _serial: serial,
         };
         // From here on Drop cleans up whatever was made.
@@ -305,6 +315,49 @@ impl Sandbox {
             netns::ip(&ns, &["route", "add", range, "via", outside::NODE_IP])?;
         }
         netns::set_tx_checksum(&ns, "eth0", false)?;
+        Ok(())
+    }
+
+    /// A second node (`<id>-n2`) linked to this one (the client namespace, via `node2`,
+    /// 10.98.0.1/24 here and 10.98.0.2/24 there) with one pod of its own, `pod-remote`
+    /// (10.245.9.2 serving on POD_PORT, routed via node 2). Node 2 routes everything else back
+    /// via this node, so replies to this node's addresses arrive on `node2`.
+    pub fn add_remote_node(&mut self) -> Result<()> {
+        let node2 = format!("{}-n2", self.id);
+        let pod_ns = format!("{}-r1", self.id);
+        for ns in [&node2, &pod_ns] {
+            netns::create(ns)?;
+            self.extra_netns.push(ns.clone());
+        }
+        let here = &self.client_netns;
+        netns::veth(here, remote::LINK_IFACE, &node2, "eth0")?;
+        netns::ip(
+            here,
+            &["addr", "add", "10.98.0.1/24", "dev", remote::LINK_IFACE],
+        )?;
+        netns::ip(here, &["link", "set", remote::LINK_IFACE, "up"])?;
+        netns::ip(here, &["route", "add", "10.245.9.0/24", "via", "10.98.0.2"])?;
+        netns::sysctl(here, "net/ipv4/ip_forward", "1")?;
+        netns::ip(&node2, &["link", "set", "lo", "up"])?;
+        netns::ip(&node2, &["addr", "add", "10.98.0.2/24", "dev", "eth0"])?;
+        netns::ip(&node2, &["link", "set", "eth0", "up"])?;
+        netns::ip(&node2, &["route", "add", "default", "via", "10.98.0.1"])?;
+        netns::sysctl(&node2, "net/ipv4/ip_forward", "1")?;
+        netns::veth(&node2, "p1", &pod_ns, "eth0")?;
+        netns::ip(&node2, &["addr", "add", "10.245.9.1/24", "dev", "p1"])?;
+        netns::ip(&node2, &["link", "set", "p1", "up"])?;
+        netns::ip(&pod_ns, &["link", "set", "lo", "up"])?;
+        netns::ip(&pod_ns, &["addr", "add", "10.245.9.2/24", "dev", "eth0"])?;
+        netns::ip(&pod_ns, &["link", "set", "eth0", "up"])?;
+        netns::ip(&pod_ns, &["route", "add", "default", "via", "10.245.9.1"])?;
+        let server = PodServer::start(&pod_ns, "pod-remote", POD_PORT)?;
+        self.remote_pods.push(Pod {
+            name: "pod-remote".into(),
+            netns: pod_ns,
+            ip: Ipv4Addr::new(10, 245, 9, 2),
+            ip6: std::net::Ipv6Addr::UNSPECIFIED,
+            server,
+        });
         Ok(())
     }
 
@@ -551,7 +604,7 @@ impl Drop for Sandbox {
             .stderr(Stdio::null())
             .status();
         let _ = std::fs::remove_dir_all(Path::new("/sys/fs/bpf").join(&self.id));
-        for p in &mut self.pods {
+        for p in self.pods.iter_mut().chain(self.remote_pods.iter_mut()) {
             p.server.stop();
         }
         for p in &self.pods {

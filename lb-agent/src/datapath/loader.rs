@@ -96,6 +96,19 @@ pub fn load_and_attach(opts: &LoadOptions) -> Result<Loaded> {
     })
 }
 
+/// SNATed flows arrive with this node's address as their source (the SNAT on the way in, the
+/// frontend on the way back), which the IPv4 stack drops as a martian unless the interface
+/// accepts local sources.
+fn accept_local_sources(iface: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(&path, "1").with_context(|| format!("setting {path}"))?;
+    info!(iface, "accept_local=1 (SNATed flows carry this node's address as their source)");
+    Ok(())
+}
+
 /// Whether a pinned link exists at `path` (opened), or not.
 fn pinned_link(path: &std::path::Path) -> Result<Option<FdLink>> {
     match PinnedLink::from_pin(path) {
@@ -112,6 +125,9 @@ fn pinned_link(path: &std::path::Path) -> Result<Option<FdLink>> {
 /// XDP (forward) and TC egress (replies) on each external interface. A link a previous agent
 /// pinned is updated in place (BPF_LINK_UPDATE), so no packet meets a detached interface.
 fn attach_external(ebpf: &mut Ebpf, ifaces: &[String], pins: &PinPaths) -> Result<()> {
+    for iface in ifaces {
+        accept_local_sources(iface)?;
+    }
     let xdp: &mut Xdp = ebpf
         .program_mut(program_names::XDP_FORWARD)
         .context("the eBPF object has no XDP program")?
