@@ -42,13 +42,24 @@ fn service(extra: Value) -> String {
     .to_string()
 }
 
-/// Endpoints: pod-1 on this node (node-a), the others on node-b.
-fn slice(sb: &Sandbox, pods: &[usize]) -> String {
+/// Which node the sandbox pods are said to be on. They are all really behind this node, so
+/// with `Cluster` policy they are all declared local (a pod declared on another node would
+/// be SNATed, and its replies would have to come back through another node:
+/// `backends_on_another_node_...` tests that with a real second node).
+#[derive(Clone, Copy, PartialEq)]
+enum Nodes {
+    AllHere,
+    /// pod-1 on this node (node-a), the others on node-b: for `Local` policy.
+    OnlyPod1Here,
+}
+
+fn slice(sb: &Sandbox, pods: &[usize], nodes: Nodes) -> String {
     let eps: Vec<Value> = pods
         .iter()
         .map(|&p| {
+            let here = p == 1 || nodes == Nodes::AllHere;
             json!({"addresses": [sb.pods[p - 1].ip.to_string()],
-                   "nodeName": if p == 1 { "node-a" } else { "node-b" },
+                   "nodeName": if here { "node-a" } else { "node-b" },
                    "conditions": {"ready": true}})
         })
         .collect();
@@ -128,7 +139,7 @@ fn outside_clients_reach_node_port_load_balancer_and_external_ips() -> Result<()
     }
     let mut sb = sandbox()?;
     sb.write_manifest("web-svc.json", &service(json!({})))?;
-    sb.write_manifest("web-eps.json", &slice(&sb, &[1, 2, 3]))?;
+    sb.write_manifest("web-eps.json", &slice(&sb, &[1, 2, 3], Nodes::AllHere))?;
     start(&mut sb)?;
     assert!(
         sb.agent_log().contains("mode=\"generic\"") || sb.agent_log().contains("mode=\"native\""),
@@ -168,6 +179,7 @@ fn outside_clients_reach_node_port_load_balancer_and_external_ips() -> Result<()
         "web-svc.json",
         &service(json!({"externalTrafficPolicy": "Local"})),
     )?;
+    sb.write_manifest("web-eps.json", &slice(&sb, &[1, 2, 3], Nodes::OnlyPod1Here))?;
     wait_external_backends(&sb, 1)?;
     for proto in ["tcp", "udp"] {
         let s = sb.probe_outside(addr(outside::NODE_IP, NODE_PORT), 30, proto, 2000)?;
@@ -180,7 +192,7 @@ fn outside_clients_reach_node_port_load_balancer_and_external_ips() -> Result<()
     assert_eq!(hc["localEndpoints"], 1);
     // No local endpoint left: 503, so a cloud load balancer stops sending to this node, and
     // the NodePort drops rather than sending anywhere else.
-    sb.write_manifest("web-eps.json", &slice(&sb, &[2, 3]))?;
+    sb.write_manifest("web-eps.json", &slice(&sb, &[2, 3], Nodes::OnlyPod1Here))?;
     wait_external_backends(&sb, 0)?;
     let (code, _) = sb.http_get_outside(addr(outside::NODE_IP, HC_PORT), "/")?;
     assert_eq!(code, 503);
@@ -199,7 +211,7 @@ fn source_ranges_drop_other_clients_and_flows_keep_their_backend() -> Result<()>
         "web-svc.json",
         &service(json!({"loadBalancerSourceRanges": ["10.77.0.0/16"]})),
     )?;
-    sb.write_manifest("web-eps.json", &slice(&sb, &[1, 2]))?;
+    sb.write_manifest("web-eps.json", &slice(&sb, &[1, 2], Nodes::AllHere))?;
     start(&mut sb)?;
 
     // The outside client (10.99.0.2) is outside the ranges: its packets to the LB address are
@@ -245,14 +257,14 @@ fn source_ranges_drop_other_clients_and_flows_keep_their_backend() -> Result<()>
         before.iter().all(|p| p == "pod-1" || p == "pod-2"),
         "{before:?}"
     );
-    sb.write_manifest("web-eps.json", &slice(&sb, &[1, 2, 3]))?;
+    sb.write_manifest("web-eps.json", &slice(&sb, &[1, 2, 3], Nodes::AllHere))?;
     wait_external_backends(&sb, 3)?;
     assert_eq!(ask(&flows)?, before, "flows moved when a backend was added");
     // New flows do reach the new backend.
     let s = sb.probe_outside(target, 60, "udp", 2000)?;
     assert!(s.replies.contains_key("pod-3"), "{s:?}");
     // Remove pod-3, which none of the old flows uses: they all stay where they were.
-    sb.write_manifest("web-eps.json", &slice(&sb, &[1, 2]))?;
+    sb.write_manifest("web-eps.json", &slice(&sb, &[1, 2], Nodes::AllHere))?;
     wait_external_backends(&sb, 2)?;
     assert_eq!(
         ask(&flows)?,

@@ -3,7 +3,7 @@
 //! reads and writes the bytes in its own way (direct access in XDP, skb helpers in TC, which
 //! keep the kernel's checksum state right).
 
-use lb_common::{proto, v4_mapped};
+use lb_common::{CtKey, proto, v4_mapped};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -29,6 +29,21 @@ pub struct Headers {
     pub dport: u16,
     /// Offset of the L4 checksum field.
     pub l4_check: usize,
+}
+
+impl Headers {
+    /// The flow as this packet carries it, for `LB_CT` and `LB_SNAT` lookups.
+    #[inline(always)]
+    pub fn flow_key(&self) -> CtKey {
+        CtKey {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
 }
 
 /// What parsing found.

@@ -9,7 +9,7 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK},
     programs::TcContext,
 };
-use lb_common::{CtKey, ct_dir, proto, v4_unmapped, xdp_stat};
+use lb_common::{ct_dir, proto, v4_unmapped, xdp_stat};
 
 use crate::maps::{LB_CT, count};
 use crate::packet::{Bytes, Headers, Parsed, parse};
@@ -29,14 +29,7 @@ pub fn reply(ctx: &TcContext) -> i32 {
         Parsed::Flow(h) => h,
         _ => return TC_ACT_OK,
     };
-    let key = CtKey {
-        saddr: h.saddr,
-        daddr: h.daddr,
-        sport: h.sport,
-        dport: h.dport,
-        proto: h.proto,
-        _pad: [0; 3],
-    };
+    let key = h.flow_key();
     // SAFETY: copied out at once.
     let Some(ct) = (unsafe { LB_CT.get(key) }).copied() else {
         return TC_ACT_OK;

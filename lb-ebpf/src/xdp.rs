@@ -217,14 +217,7 @@ fn snat(h: &Headers, b: &Backend, addr: &mut [u8; 16]) -> u16 {
 /// the flow it belongs to written to `out`.
 #[inline(never)]
 fn snat_reply(h: &Headers, out: &mut SnatValue) -> bool {
-    let key = CtKey {
-        saddr: h.saddr,
-        daddr: h.daddr,
-        sport: h.sport,
-        dport: h.dport,
-        proto: h.proto,
-        _pad: [0; 3],
-    };
+    let key = h.flow_key();
     // SAFETY: copied out at once.
     match unsafe { LB_SNAT.get(&key) }.copied() {
         Some(v) => {
@@ -232,18 +225,6 @@ fn snat_reply(h: &Headers, out: &mut SnatValue) -> bool {
             true
         }
         None => false,
-    }
-}
-
-#[inline(always)]
-fn forward_key(h: &Headers) -> CtKey {
-    CtKey {
-        saddr: h.saddr,
-        daddr: h.daddr,
-        sport: h.sport,
-        dport: h.dport,
-        proto: h.proto,
-        _pad: [0; 3],
     }
 }
 
@@ -266,7 +247,7 @@ fn choose(
         return None;
     }
     // SAFETY: copied out at once.
-    if let Some(ct) = unsafe { LB_CT.get(forward_key(h)) }.copied()
+    if let Some(ct) = unsafe { LB_CT.get(h.flow_key()) }.copied()
         && ct.dir == ct_dir::FORWARD
         && let Some(b) = backend(ct.backend_id)
         && b.addr == ct.addr
@@ -301,7 +282,7 @@ fn track(h: &Headers, backend_id: u32, b: &Backend, snat_port: u16) {
         snat_port,
         _pad2: 0,
     };
-    let _ = LB_CT.insert(forward_key(h), fwd, 0);
+    let _ = LB_CT.insert(h.flow_key(), fwd, 0);
     if snat_port != 0 {
         // Its replies come to the SNAT address: `LB_SNAT` has them.
         return;

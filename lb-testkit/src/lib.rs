@@ -364,22 +364,11 @@ impl Sandbox {
     /// A command that runs as an outside client: in the outside namespace, not in the sandbox
     /// cgroup (so only the XDP path can translate its traffic).
     pub fn outside_command(&self, program: &Path) -> Result<Command> {
-        let ns_name = self
+        let ns = self
             .outside_netns
             .as_deref()
             .context("no outside namespace: call add_outside first")?;
-        let ns = File::open(netns::path(ns_name))?;
-        let mut cmd = Command::new(program);
-        // SAFETY: only setns (async-signal-safe) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Ok(cmd)
+        self.command_in_ns(ns, false, program)
     }
 
     /// `lb-agent probe` from the outside client.
@@ -423,8 +412,18 @@ impl Sandbox {
 
     /// [`Sandbox::start_agent`] with extra environment (e.g. `RUST_LOG`).
     pub fn start_agent_env(&mut self, extra: &[&str], env: &[(&str, &str)]) -> Result<()> {
+        self.launch_agent(Command::new(&self.agent_bin), extra, env)
+    }
+
+    /// Runs `lb-agent run` on this sandbox through `cmd` and waits until /readyz answers 200.
+    fn launch_agent(
+        &mut self,
+        mut cmd: Command,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<()> {
         let log = File::create(self.workdir.join("agent.log"))?;
-        let child = Command::new(&self.agent_bin)
+        let child = cmd
             .arg("run")
             .arg("--manifests")
             .arg(&self.manifests)
@@ -511,25 +510,7 @@ impl Sandbox {
 
     /// A command that runs as a client: inside the client namespace and the sandbox cgroup.
     pub fn client_command(&self, program: &Path) -> Result<Command> {
-        let ns = File::open(netns::path(&self.client_netns))?;
-        let procs = std::fs::OpenOptions::new()
-            .write(true)
-            .open(self.cgroup.join("cgroup.procs"))?;
-        let mut cmd = Command::new(program);
-        // SAFETY: only async-signal-safe calls (write, setns) between fork and exec; the files
-        // were opened before the fork and are moved into the closure.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Ok(cmd)
+        self.command_in(&self.client_netns, program)
     }
 
     fn probe_command(
@@ -703,15 +684,29 @@ impl Sandbox {
     /// A command that runs inside namespace `ns` and the sandbox cgroup (so the socket hooks
     /// apply to it).
     pub fn command_in(&self, ns: &str, program: &Path) -> Result<Command> {
+        self.command_in_ns(ns, true, program)
+    }
+
+    /// A command that runs inside namespace `ns`, and in the sandbox cgroup when `in_cgroup`.
+    fn command_in_ns(&self, ns: &str, in_cgroup: bool, program: &Path) -> Result<Command> {
         let ns = File::open(netns::path(ns))?;
-        let procs = std::fs::OpenOptions::new()
-            .write(true)
-            .open(self.cgroup.join("cgroup.procs"))?;
+        let procs = if in_cgroup {
+            Some(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(self.cgroup.join("cgroup.procs"))?,
+            )
+        } else {
+            None
+        };
         let mut cmd = Command::new(program);
-        // SAFETY: only async-signal-safe calls (write, setns) between fork and exec.
+        // SAFETY: only async-signal-safe calls (write, setns) between fork and exec; the files
+        // were opened before the fork and are moved into the closure.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                if let Some(procs) = &procs
+                    && libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
@@ -798,38 +793,10 @@ impl Sandbox {
     /// Starts `lb-agent run` inside namespace `ns` (e.g. the client namespace as a test
     /// "node"), and waits until it is ready; its health port is then inside `ns` too.
     pub fn start_agent_in(&mut self, ns: &str, extra: &[&str]) -> Result<()> {
-        let log = File::create(self.workdir.join("agent.log"))?;
-        let nsfile = File::open(netns::path(ns))?;
-        let mut cmd = Command::new(&self.agent_bin);
-        cmd.arg("run")
-            .arg("--manifests")
-            .arg(&self.manifests)
-            .arg("--pin-dir")
-            .arg(&self.id)
-            .arg("--cgroup")
-            .arg(&self.cgroup)
-            .arg("--health-addr")
-            .arg(self.health_addr.to_string())
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .env("RUST_BACKTRACE", "0")
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // SAFETY: only setns between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(nsfile.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", self.agent_bin.display()))?;
-        self.agent = Some(child);
+        // The health port is inside `ns`: set before waiting for it.
         self.agent_netns = Some(ns.to_string());
-        self.wait_ready(Duration::from_secs(30))
+        let cmd = self.command_in_ns(ns, false, &self.agent_bin)?;
+        self.launch_agent(cmd, extra, &[])
     }
 
     /// GET on the agent's health server, in whichever namespace it runs.

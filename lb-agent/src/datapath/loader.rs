@@ -105,7 +105,10 @@ fn accept_local_sources(iface: &str) -> Result<()> {
         return Ok(());
     }
     std::fs::write(&path, "1").with_context(|| format!("setting {path}"))?;
-    info!(iface, "accept_local=1 (SNATed flows carry this node's address as their source)");
+    info!(
+        iface,
+        "accept_local=1 (SNATed flows carry this node's address as their source)"
+    );
     Ok(())
 }
 
