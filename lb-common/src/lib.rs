@@ -105,9 +105,9 @@ pub mod capacity {
     /// Maglev tables (external frontends with one); `LB_MAGLEV` holds this many tables.
     pub const MAGLEV_TABLES: u32 = 64;
     /// Flows tracked by the XDP datapath (two entries each).
-    pub const CT: u32 = 262_144;
+    pub const CT: u32 = 131_072;
     /// SNATed flows (to backends on other nodes).
-    pub const SNAT: u32 = 131_072;
+    pub const SNAT: u32 = 65_536;
     /// `loadBalancerSourceRanges` prefixes over all Services.
     pub const SRC_RANGES: u32 = 16_384;
 }
