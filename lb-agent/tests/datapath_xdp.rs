@@ -93,7 +93,9 @@ fn start(sb: &mut Sandbox) -> Result<()> {
         "16",
     ])?;
     let log = sb.agent_log();
-    if !log.contains("XDP forward path attached") || !log.contains("TC reply path attached") {
+    let xdp = log.contains("XDP forward path attached") || log.contains("XDP program replaced");
+    let tc = log.contains("TC reply path attached") || log.contains("TC reply program replaced");
+    if !xdp || !tc {
         bail!("XDP/TC not attached:\n{log}");
     }
     Ok(())
@@ -271,6 +273,19 @@ fn source_ranges_drop_other_clients_and_flows_keep_their_backend() -> Result<()>
         before,
         "flows moved when another backend left"
     );
+
+    // The agent is killed and started again: the pinned XDP/TC links are updated in place
+    // with the new programs, the pinned connection tracking is kept, and so are the flows.
+    sb.stop_agent(true)?;
+    assert_eq!(ask(&flows)?, before, "flows broke while no agent ran");
+    start(&mut sb)?;
+    let log = sb.agent_log();
+    assert!(
+        log.contains("XDP program replaced in place")
+            && log.contains("TC reply program replaced in place"),
+        "{log}"
+    );
+    assert_eq!(ask(&flows)?, before, "flows moved across the restart");
     Ok(())
 }
 
