@@ -132,10 +132,15 @@ pub fn forward(ctx: &XdpContext) -> u32 {
         count(xdp_stat::DROPPED_SOURCE_RANGE);
         return xdp_action::XDP_DROP;
     }
-    let Some((backend_id, backend)) = choose(&h, &frontend, &svc) else {
+    // (Out parameters, not a returned Option: BTF cannot describe every Rust enum layout.)
+    let mut backend = Backend::default();
+    let mut backend_id = 0u32;
+    let chosen = choose(&h, &frontend, &svc, &mut backend, &mut backend_id);
+    if chosen == NONE {
         count(xdp_stat::DROPPED_NO_BACKEND);
         return xdp_action::XDP_DROP;
-    };
+    }
+    let tracked = chosen == TRACKED;
     let mut snat_port = 0;
     if backend.flags & backend_flags::REMOTE != 0 {
         let mut addr = [0u8; 16];
@@ -152,7 +157,10 @@ pub fn forward(ctx: &XdpContext) -> u32 {
     if set(ctx.ctx, &h, DST, &backend.addr, backend.port).is_none() {
         return xdp_action::XDP_DROP;
     }
-    track(&h, backend_id, &backend, snat_port);
+    // A tracked flow's entries are there already (and kept warm by the lookups).
+    if !tracked {
+        track(&h, backend_id, &backend, snat_port);
+    }
     count(xdp_stat::FORWARDED);
     xdp_action::XDP_PASS
 }
@@ -235,14 +243,36 @@ fn backend(id: u32) -> Option<Backend> {
 }
 
 /// The flow's backend: the tracked one while it still exists, else the Maglev entry of the
-/// flow hash (or a slot by the hash, for a frontend without a table).
+/// flow hash (or a slot by the hash, for a frontend without a table); and whether it was
+/// tracked.
 // Its own BPF function: the stack of one frame is limited to 512 bytes.
 #[inline(never)]
 fn choose(
     h: &Headers,
     frontend: &ServiceKey,
     svc: &lb_common::ServiceValue,
-) -> Option<(u32, Backend)> {
+    backend_out: &mut Backend,
+    id_out: &mut u32,
+) -> u8 {
+    let (id, b, how) = match pick(h, frontend, svc) {
+        Some(x) => x,
+        None => return NONE,
+    };
+    *backend_out = b;
+    *id_out = id;
+    how
+}
+
+const NONE: u8 = 0;
+const NEW: u8 = 1;
+const TRACKED: u8 = 2;
+
+#[inline(always)]
+fn pick(
+    h: &Headers,
+    frontend: &ServiceKey,
+    svc: &lb_common::ServiceValue,
+) -> Option<(u32, Backend, u8)> {
     if svc.count == 0 {
         return None;
     }
@@ -253,7 +283,7 @@ fn choose(
         && b.addr == ct.addr
         && b.port == ct.port
     {
-        return Some((ct.backend_id, b));
+        return Some((ct.backend_id, b, TRACKED));
     }
     let hash = flow::hash(&h.saddr, &h.daddr, h.sport, h.dport, h.proto);
     let id = if svc.maglev_table != 0 && svc.maglev_size != 0 {
@@ -265,7 +295,7 @@ fn choose(
         unsafe { LB_SERVICES.get(&frontend.with_slot(slot)) }?.backend_id
     };
     let b = backend(id)?;
-    (b.proto == h.proto).then_some((id, b))
+    (b.proto == h.proto).then_some((id, b, NEW))
 }
 
 /// Records the flow: forward (client -> frontend: which backend) and reply (backend ->
