@@ -151,7 +151,7 @@ pub fn run(
     let ns = topo.scratch_ns("cpipt")?;
     r.iptables_restore = netfilter::iptables_restore(&ns, &ipt).context("iptables baseline")?;
     drop(ipt);
-    r.baseline_changes = s.changes.min(100);
+    r.baseline_changes = s.baseline_changes;
     r.iptables_change = time_edits(r.baseline_changes, e, |before, after| {
         let update = iptables::partial_update(&set, churn, before, after);
         netfilter::run_in_ns(&ns, "iptables-restore", &["--noflush"], &update)

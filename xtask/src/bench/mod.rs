@@ -47,7 +47,7 @@ pub struct BenchArgs {
     /// Service counts to measure (default 1,1000,10000,50000; quick: 1,1000).
     #[arg(long, value_delimiter = ',')]
     pub services: Option<Vec<usize>>,
-    /// EndpointSlice edits timed in the control-plane part (default 300; quick: 20).
+    /// EndpointSlice edits timed in the control-plane part (default 100; quick: 20).
     #[arg(long)]
     pub changes: Option<usize>,
     /// Largest Service count loaded into the nftables baseline (default 10000): `nft -f` of
@@ -55,6 +55,9 @@ pub struct BenchArgs {
     /// and takes many minutes at 50 000 Services.
     #[arg(long)]
     pub nft_max_services: Option<usize>,
+    /// Services in the control-plane part, each with 10 endpoints (default 10000; quick: 1000).
+    #[arg(long)]
+    pub control_services: Option<usize>,
 }
 
 /// Everything that sizes a run.
@@ -72,6 +75,9 @@ pub struct Settings {
     pub cp_services: usize,
     pub cp_endpoints: usize,
     pub changes: usize,
+    /// The same edits applied to the baselines (each a kube-proxy update of the whole-size
+    /// ruleset, seconds apiece at 10 000 Services).
+    pub baseline_changes: usize,
     pub nft_max_services: usize,
 }
 
@@ -90,6 +96,7 @@ impl Settings {
                 cp_services: 1000,
                 cp_endpoints: 10,
                 changes: 20,
+                baseline_changes: 10,
                 nft_max_services: 10_000,
             }
         } else {
@@ -104,7 +111,8 @@ impl Settings {
                 warmup: 200,
                 cp_services: 10_000,
                 cp_endpoints: 10,
-                changes: 300,
+                changes: 100,
+                baseline_changes: 20,
                 nft_max_services: 10_000,
             }
         };
@@ -113,9 +121,13 @@ impl Settings {
         }
         if let Some(c) = a.changes {
             s.changes = c;
+            s.baseline_changes = s.baseline_changes.min(c);
         }
         if let Some(n) = a.nft_max_services {
             s.nft_max_services = n;
+        }
+        if let Some(n) = a.control_services {
+            s.cp_services = n.max(1);
         }
         s
     }
@@ -274,6 +286,7 @@ pub fn smoke_test() -> Result<()> {
         services: None,
         changes: None,
         nft_max_services: None,
+        control_services: None,
     };
     let res = run(&args).and_then(|p| {
         let md = std::fs::read_to_string(&p)?;

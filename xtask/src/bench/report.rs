@@ -278,14 +278,33 @@ pub fn markdown(r: &Results) -> String {
         );
     }
     if r.scales.iter().any(|sc| sc.nft_skipped) {
+        let loaded: Vec<String> = r
+            .scales
+            .iter()
+            .filter(|sc| !sc.nft_skipped && sc.services >= 100)
+            .map(|sc| {
+                format!(
+                    "{} at {} Services",
+                    secs(sc.nft_load),
+                    thousands(sc.services)
+                )
+            })
+            .collect();
         let _ = writeln!(
             o,
             "\n{NOT_MEASURED}: `nft -f` of kube-proxy's nftables ruleset costs kernel time that \
              grows with the square of the number of service ports (each has its own anonymous \
-             `numgen random mod n vmap`; here ~0.35 s at 1 000 and ~40 s at 10 000 Services, \
-             so about 15 minutes at 50 000), beyond this bench's budget; the nftables mode is \
-             loaded up to `--nft-max-services` = {} (raise it to measure more). kube-proxy pays \
-             this on its first full sync; later syncs are incremental.",
+             `numgen random mod n vmap`; a trial without those rules loaded 10 000 Services in \
+             about 2 s instead of 45): {} here, so tens of minutes at 50 000, beyond this \
+             bench's budget. \
+             The nftables mode is loaded up to `--nft-max-services` = {} (raise it to measure \
+             more). kube-proxy pays this on a full sync (start, restart); later syncs are \
+             incremental.",
+            if loaded.is_empty() {
+                "n/a".to_string()
+            } else {
+                loaded.join(", ")
+            },
             thousands(s.nft_max_services)
         );
     }
@@ -400,10 +419,11 @@ pub fn markdown(r: &Results) -> String {
     let server_max = all.iter().map(|x| x.server_cpu_max).fold(0.0, f64::max);
     let _ = writeln!(
         o,
-        "The server thread used at most {:.0}% of its CPU in any TCP run, so it never waited \
-         for CPU. The client opens one connection at a time, so conns/s is 1 / (time per \
-         connection) and measures latency, not capacity; it used a median {:.0}% of its CPU \
-         (most of it the kernel's connect path, which is what is measured).\n",
+        "The server thread (pinned to its own CPU) used at most {:.0}% of that CPU in any TCP \
+         run, so it was never saturated and answered each SYN as it came. The client opens one \
+         connection at a time, so conns/s is 1 / (time per connection): it measures latency, \
+         not the capacity of a node; the client used a median {:.0}% of its CPU, most of it in \
+         the kernel's connect path, which is what is measured.\n",
         server_max * 100.0,
         median_f(&all.iter().map(|x| x.client_cpu).collect::<Vec<_>>()) * 100.0
     );
@@ -510,6 +530,7 @@ mod tests {
             cp_services: 1000,
             cp_endpoints: 10,
             changes: 3,
+            baseline_changes: 3,
             nft_max_services: 10_000,
         };
         let scales = settings
