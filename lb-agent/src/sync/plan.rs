@@ -158,6 +158,9 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
         placed.push((frontend, entry, rev_id));
     }
 
+    // Ids given out by this plan, by what they stand for (an index, not a scan of the target:
+    // a scan made a plan quadratic in the number of backends).
+    let mut new_ids: BTreeMap<_, u32> = BTreeMap::new();
     for (frontend, entry, rev_id) in placed {
         let mut slots: Vec<u32> = Vec::new();
         for b in &entry.backends {
@@ -188,17 +191,17 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
                 break;
             }
             let value = backend_value(b);
-            let id = match backend_ids.get(&backend_identity(&value)) {
+            let identity = backend_identity(&value);
+            let id = match backend_ids
+                .get(&identity)
+                .or_else(|| new_ids.get(&identity))
+            {
                 Some(id) => Some(*id),
-                None => target
-                    .backends
-                    .iter()
-                    .find(|(_, v)| backend_identity(v) == backend_identity(&value))
-                    .map(|(id, _)| *id)
-                    .or_else(|| {
-                        ((target.backends.len() as u32) < cap.backends)
-                            .then(|| backend_alloc.allocate())
-                            .flatten()
+                None => ((target.backends.len() as u32) < cap.backends)
+                    .then(|| backend_alloc.allocate())
+                    .flatten()
+                    .inspect(|id| {
+                        new_ids.insert(identity, *id);
                     }),
             };
             let Some(id) = id else {
