@@ -347,9 +347,10 @@ pub fn markdown(r: &Results) -> String {
         o,
         "\nThe agent's edit is timed from the file write to the moment the pinned service map \
          (read with bpf(2)) shows the new backend count (max {}). With `--manifests` the agent \
-         polls the directory every 200 ms and re-reads every file, so the poll interval \
-         dominates; its own mean sync (`lb_sync_duration_seconds`: translate, diff, map \
-         writes) was {}. The baselines' edit times are only the rule update kube-proxy would \
+         polls the directory every 200 ms and, on a change, re-reads and re-parses every file \
+         (here all Services at once), then translates and diffs the whole state; its mean sync \
+         (`lb_sync_duration_seconds`: translate, diff, map writes) was {}, the rest is the poll \
+         and the re-read. The baselines' edit times are only the rule update kube-proxy would \
          apply (it also waits for its sync period and computes the update), so they are a \
          lower bound.\n",
         ms(c.change_max),
