@@ -18,7 +18,9 @@ fn main() {
             })
             .collect(),
     };
-    for c in &candidates {
+    // Only the objects that exist: cargo treats a missing rerun-if-changed path as always
+    // changed, which rebuilt the agent on every build.
+    for c in candidates.iter().filter(|c| c.exists()) {
         println!("cargo:rerun-if-changed={}", c.display());
     }
     // The newest object wins: the one the last `build-ebpf` wrote.

@@ -1,5 +1,6 @@
-//! Developer commands: `cargo xtask build-ebpf`, `test`, `demo`, `lint`.
+//! Developer commands: `cargo xtask build-ebpf`, `test`, `demo`, `lint`, `bench`.
 
+mod bench;
 mod demo;
 mod toolchain;
 
@@ -29,6 +30,11 @@ enum Cmd {
     Demo,
     /// Lint the Dockerfile, the kind workflow and the Rust code.
     Lint,
+    /// Compare this load balancer with kube-proxy-shaped iptables and nftables rules (root).
+    Bench(bench::BenchArgs),
+    /// The bench's client program (started by `bench` inside its namespaces).
+    #[command(hide = true)]
+    BenchClient(bench::client::ClientArgs),
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -81,7 +87,9 @@ fn test() -> Result<()> {
     run(Command::new("cargo")
         .current_dir(&root)
         .args(["test", "--workspace", "--no-fail-fast"]))?;
-    lint()
+    lint()?;
+    // The benchmark still runs end to end (quick, no timing assertions; needs root).
+    bench::smoke_test()
 }
 
 fn lint() -> Result<()> {
@@ -101,5 +109,7 @@ fn main() -> Result<()> {
         Cmd::Test => test(),
         Cmd::Demo => demo::run(),
         Cmd::Lint => lint(),
+        Cmd::Bench(args) => bench::run(&args).map(|_| ()),
+        Cmd::BenchClient(args) => bench::client::main(args),
     }
 }

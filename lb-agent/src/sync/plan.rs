@@ -257,6 +257,9 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
         placed.push((frontend, entry, rev_id));
     }
 
+    // Ids given out by this plan, by what they stand for (an index, not a scan of the target:
+    // a scan made a plan quadratic in the number of backends).
+    let mut new_ids: BTreeMap<_, u32> = BTreeMap::new();
     for (frontend, entry, rev_id) in placed {
         let mut slots: Vec<u32> = Vec::new();
         for b in &entry.backends {
@@ -300,30 +303,31 @@ pub fn plan(current: &MapState, desired: &DesiredState, cap: &Capacity) -> Plan 
                 break;
             }
             let value = backend_value(b);
-            let id = match backend_ids.get(&backend_identity(&value)) {
+            let identity = backend_identity(&value);
+            let id = match backend_ids
+                .get(&identity)
+                .or_else(|| new_ids.get(&identity))
+            {
                 Some(id) => Some(*id),
-                None => match target
-                    .backends
-                    .iter()
-                    .find(|(_, v)| backend_identity(v) == backend_identity(&value))
-                {
-                    Some((id, _)) => Some(*id),
-                    None => match room(
-                        target.backends.len(),
-                        current.backends.len() + new_backends,
-                        cap.backends,
-                        true,
-                    ) {
-                        Room::Yes => {
-                            new_backends += 1;
-                            backend_alloc.allocate()
+                None => match room(
+                    target.backends.len(),
+                    current.backends.len() + new_backends,
+                    cap.backends,
+                    true,
+                ) {
+                    Room::Yes => {
+                        new_backends += 1;
+                        let id = backend_alloc.allocate();
+                        if let Some(id) = id {
+                            new_ids.insert(identity, id);
                         }
-                        Room::AfterThisSync => {
-                            deferred = true;
-                            continue;
-                        }
-                        Room::Full => None,
-                    },
+                        id
+                    }
+                    Room::AfterThisSync => {
+                        deferred = true;
+                        continue;
+                    }
+                    Room::Full => None,
                 },
             };
             let Some(id) = id else {
