@@ -49,6 +49,18 @@ struct PinArgs {
     bpffs: PathBuf,
 }
 
+/// Where Services and EndpointSlices come from.
+#[derive(clap::Args)]
+struct SourceArgs {
+    /// Read Services and EndpointSlices from the manifests in this directory (watched)
+    /// instead of the Kubernetes API.
+    #[arg(long, env = "LB_MANIFESTS")]
+    manifests: Option<PathBuf>,
+    /// Kubeconfig to use instead of the in-cluster configuration.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+}
+
 impl PinArgs {
     fn paths(&self) -> PinPaths {
         PinPaths::new(&self.bpffs, &self.pin_dir)
@@ -59,13 +71,8 @@ impl PinArgs {
 enum Command {
     /// Load and attach the datapath and keep its maps in sync with the Services.
     Run {
-        /// Read Services and EndpointSlices from the manifests in this directory (watched)
-        /// instead of the Kubernetes API.
-        #[arg(long, env = "LB_MANIFESTS")]
-        manifests: Option<PathBuf>,
-        /// Kubeconfig to use instead of the in-cluster configuration.
-        #[arg(long, env = "KUBECONFIG")]
-        kubeconfig: Option<PathBuf>,
+        #[command(flatten)]
+        source: SourceArgs,
         #[command(flatten)]
         pins: PinArgs,
         /// The cgroup v2 directory to attach to (default: the root of the cgroup2 mount).
@@ -144,12 +151,8 @@ enum Command {
     Explain {
         /// The Service, as namespace/name (a bare name means the default namespace).
         service: String,
-        /// Read the Service and EndpointSlices from this manifest directory instead of the API.
-        #[arg(long, env = "LB_MANIFESTS")]
-        manifests: Option<PathBuf>,
-        /// Kubeconfig to use instead of the in-cluster configuration.
-        #[arg(long, env = "KUBECONFIG")]
-        kubeconfig: Option<PathBuf>,
+        #[command(flatten)]
+        source: SourceArgs,
         #[command(flatten)]
         pins: PinArgs,
         /// This node's name (for internalTrafficPolicy: Local).
@@ -214,8 +217,11 @@ fn main() -> Result<()> {
     init_logging(cli.log_format);
     match cli.command {
         Command::Run {
-            manifests,
-            kubeconfig,
+            source:
+                SourceArgs {
+                    manifests,
+                    kubeconfig,
+                },
             pins,
             cgroup,
             node_name,
@@ -292,8 +298,11 @@ fn main() -> Result<()> {
         }
         Command::Explain {
             service,
-            manifests,
-            kubeconfig,
+            source:
+                SourceArgs {
+                    manifests,
+                    kubeconfig,
+                },
             pins,
             node_name,
             json,

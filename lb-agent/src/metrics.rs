@@ -130,7 +130,7 @@ impl Metrics {
             syncs.clone(),
         );
         let sync_duration_seconds =
-            Histogram::new([0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0].into_iter());
+            Histogram::new([0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
         r.register(
             "sync_duration_seconds",
             "Time to translate a snapshot and write the maps",

@@ -52,7 +52,12 @@ impl PodServer {
             match sockets {
                 Ok((tcp, udp, hold)) => {
                     let _ = ready_tx.send(Ok(()));
-                    serve(&name, &tcp, &udp, &hold, &s, &t, &u, &p);
+                    let counters = Counters {
+                        accepts: &t,
+                        requests: &u,
+                        peers: &p,
+                    };
+                    serve(&name, (&tcp, &udp, &hold), &s, &counters);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -96,16 +101,24 @@ impl Drop for PodServer {
     }
 }
 
+/// What the server thread counts for its [`PodServer`].
+struct Counters<'a> {
+    accepts: &'a AtomicU64,
+    requests: &'a AtomicU64,
+    peers: &'a Mutex<BTreeSet<IpAddr>>,
+}
+
 fn serve(
     name: &str,
-    tcp: &TcpListener,
-    udp: &UdpSocket,
-    hold: &TcpListener,
+    (tcp, udp, hold): (&TcpListener, &UdpSocket, &TcpListener),
     stop: &AtomicBool,
-    accepts: &AtomicU64,
-    requests: &AtomicU64,
-    peers: &Mutex<BTreeSet<IpAddr>>,
+    counters: &Counters<'_>,
 ) {
+    let Counters {
+        accepts,
+        requests,
+        peers,
+    } = counters;
     let seen = |peer: SocketAddr| {
         let ip = match peer.ip() {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),

@@ -262,7 +262,7 @@ mod tests {
             let any_ready = eps.iter().any(|e| e.ready);
             prop_assert_eq!(any_ready, !set.is_empty() && !sel.terminating_fallback);
             for b in &set {
-                prop_assert!(eps.iter().any(|e| e.backend == *b && e.serving || e.backend == *b && e.ready));
+                prop_assert!(eps.iter().any(|e| e.backend == *b && (e.serving || e.ready)));
             }
             let all_ready: BTreeSet<_> = eps.iter().filter(|e| e.ready).map(|e| e.backend).collect();
             if any_ready {
