@@ -64,17 +64,66 @@ fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// What the directory looks like, cheaply: file names, sizes and modification times.
-type Fingerprint = BTreeMap<PathBuf, (u64, Option<SystemTime>)>;
+/// A file's size, modification time and inode: a file replaced by rename (as editors and
+/// `kubectl`-style writers do) always gets a new inode, even within one mtime tick.
+type Stamp = (u64, Option<SystemTime>, u64);
+
+/// What the directory looks like, cheaply: file names and stamps.
+type Fingerprint = BTreeMap<PathBuf, Stamp>;
 
 fn fingerprint(dir: &Path) -> Result<Fingerprint> {
+    use std::os::unix::fs::MetadataExt as _;
     let mut fp = Fingerprint::new();
     for f in manifest_files(dir)? {
         if let Ok(m) = std::fs::metadata(&f) {
-            fp.insert(f, (m.len(), m.modified().ok()));
+            fp.insert(f, (m.len(), m.modified().ok(), m.ino()));
         }
     }
     Ok(fp)
+}
+
+/// Parsed manifests by file: a file is parsed again only when its stamp changes, so an edit
+/// to one small file next to large ones costs the small file's parse.
+#[derive(Default)]
+pub struct ParsedFiles {
+    files: BTreeMap<PathBuf, (Stamp, Loaded)>,
+    /// Files parsed so far (for tests and logs).
+    pub parses: u64,
+}
+
+impl ParsedFiles {
+    /// Brings the cache to `fp` and returns everything it holds as one snapshot.
+    fn refresh(&mut self, fp: &Fingerprint) -> Loaded {
+        self.files.retain(|f, _| fp.contains_key(f));
+        for (file, stamp) in fp {
+            if self.files.get(file).is_some_and(|(s, _)| s == stamp) {
+                continue;
+            }
+            let mut loaded = Loaded::default();
+            match std::fs::read_to_string(file) {
+                Ok(text) => parse_file(file, &text, &mut loaded),
+                Err(e) => loaded.errors.push(ManifestError {
+                    file: file.clone(),
+                    document: None,
+                    reason: e.to_string(),
+                }),
+            }
+            self.parses += 1;
+            self.files.insert(file.clone(), (*stamp, loaded));
+        }
+        let mut out = Loaded::default();
+        for (_, l) in self.files.values() {
+            out.snapshot
+                .services
+                .extend(l.snapshot.services.iter().cloned());
+            out.snapshot
+                .slices
+                .extend(l.snapshot.slices.iter().cloned());
+            out.snapshot.nodes.extend(l.snapshot.nodes.iter().cloned());
+            out.errors.extend(l.errors.iter().cloned());
+        }
+        out
+    }
 }
 
 /// Reads every manifest in `dir`.
@@ -186,6 +235,7 @@ pub async fn watch_dir(
     metrics: Metrics,
 ) -> Result<()> {
     let mut last: Option<Fingerprint> = None;
+    let mut cache = ParsedFiles::default();
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -202,8 +252,13 @@ pub async fn watch_dir(
         if last.as_ref() == Some(&fp) {
             continue;
         }
-        let dir2 = dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || load_dir(&dir2)).await??;
+        let fp2 = fp.clone();
+        let (back, loaded) = tokio::task::spawn_blocking(move || {
+            let loaded = cache.refresh(&fp2);
+            (cache, loaded)
+        })
+        .await?;
+        cache = back;
         for e in &loaded.errors {
             warn!(file = %e.file.display(), document = ?e.document, reason = %e.reason, "skipping a manifest that does not parse");
             metrics.manifest_errors.inc();
@@ -322,5 +377,44 @@ endpoints:
         assert_eq!(l.snapshot.services.len(), 1);
         assert_eq!(l.errors.len(), 1);
         assert!(l.errors[0].file.ends_with("broken.yml"));
+    }
+
+    #[test]
+    fn only_changed_files_are_parsed_again() {
+        let dir = std::env::temp_dir().join(format!("lb-manifest-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("big.yaml"), GOOD).unwrap();
+        let edit = |n: u8| {
+            let tmp = dir.join(".one.tmp");
+            let text = GOOD
+                .replace("web", "one")
+                .replace("10.96.0.10", "10.96.0.11")
+                .replace("10.244.1.2", &format!("10.244.9.{n}"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, dir.join("one.yaml")).unwrap();
+        };
+        edit(1);
+        let mut cache = ParsedFiles::default();
+        let l = cache.refresh(&fingerprint(&dir).unwrap());
+        assert_eq!((l.snapshot.services.len(), cache.parses), (2, 2));
+        // Nothing changed: nothing parsed.
+        cache.refresh(&fingerprint(&dir).unwrap());
+        assert_eq!(cache.parses, 2);
+        // One file replaced (a new inode, even within one mtime tick): only it is parsed.
+        edit(2);
+        let l = cache.refresh(&fingerprint(&dir).unwrap());
+        assert_eq!(cache.parses, 3);
+        let eps: Vec<_> = l
+            .snapshot
+            .slices
+            .iter()
+            .flat_map(|s| s.endpoints.iter().flatten().flat_map(|e| e.addresses.clone()))
+            .collect();
+        assert!(eps.contains(&"10.244.9.2".to_string()), "{eps:?}");
+        // A removed file leaves the snapshot.
+        std::fs::remove_file(dir.join("one.yaml")).unwrap();
+        let l = cache.refresh(&fingerprint(&dir).unwrap());
+        assert_eq!(l.snapshot.services.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
