@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_LINK_DETACH: libc::c_long = 34;
 const BPF_LINK_TYPE_CGROUP: u32 = 3;
 
 /// The head of `struct bpf_link_info` with its `cgroup` member.
@@ -71,6 +72,17 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
     } else {
         Ok(rc)
     }
+}
+
+/// Detaches the link pinned at `pin` now (BPF_LINK_DETACH), instead of when the kernel gets
+/// round to releasing it after its last pin and descriptor are gone (which it does
+/// asynchronously). The pin itself stays.
+pub fn detach_pinned(pin: &Path) -> Result<()> {
+    let link = open_pin(pin)?;
+    let mut attr: [u32; 1] = [link.as_raw_fd() as u32];
+    bpf(BPF_LINK_DETACH, &mut attr)
+        .with_context(|| format!("BPF_LINK_DETACH of {}", pin.display()))?;
+    Ok(())
 }
 
 /// Opens a pinned BPF object (here: a link).

@@ -268,6 +268,18 @@ pub fn cleanup(pins: &PinPaths) -> Result<bool> {
     if !root.exists() {
         return Ok(false);
     }
+    // Detach every pinned link first, so the datapath is gone when cleanup returns (the
+    // kernel releases an unpinned link only later, asynchronously).
+    // (Iterator links attach to nothing; removing their pins is enough.)
+    for entry in std::fs::read_dir(pins.links_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Err(e) = link_update::detach_pinned(&entry.path()) {
+            warn!(link = %entry.path().display(), error = %format!("{e:#}"), "cannot detach; removing its pin anyway");
+        }
+    }
     std::fs::remove_dir_all(root).with_context(|| format!("removing {}", root.display()))?;
     Ok(true)
 }

@@ -408,7 +408,12 @@ endpoints:
             .snapshot
             .slices
             .iter()
-            .flat_map(|s| s.endpoints.iter().flatten().flat_map(|e| e.addresses.clone()))
+            .flat_map(|s| {
+                s.endpoints
+                    .iter()
+                    .flatten()
+                    .flat_map(|e| e.addresses.clone())
+            })
             .collect();
         assert!(eps.contains(&"10.244.9.2".to_string()), "{eps:?}");
         // A removed file leaves the snapshot.
